@@ -1,0 +1,101 @@
+"""Built-in attacks: PGD (soft-target CE or CW margin), TRADES-KL, FGSM and the identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from advkit import Attack, Option, common_attack_options, eps_option, kl_divergence, sign_ascent
+from advkit.attacks import BN_MODES, START_POINTS
+from advkit.losses import cw_margin, soft_cross_entropy
+
+
+class PGD(Attack):
+    """ℓ∞ PGD maximising cross-entropy against hard or soft targets (or the CW margin).
+
+    Defaults follow ADR's PGD-AT: uniform start in the ε-ball, K = 10, α = ε/4, BatchNorm in train mode.
+    With ``restarts`` > 1 each sample keeps the restart with the highest final loss.
+    """
+
+    options = common_attack_options(start="uniform", bn_mode="train") + (
+        Option("restarts", int, 1, "random restarts; the worst case per sample is kept", low=1),
+        Option("loss", str, "ce", "ce: cross-entropy on the targets; cw: Carlini-Wagner margin (hard labels)", choices=("ce", "cw")),
+    )
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images = images.detach()
+        if self.loss == "cw" and labels.dim() == 2:
+            labels = labels.argmax(dim=1)
+
+        def per_sample(x_adv: torch.Tensor) -> torch.Tensor:
+            logits = self.get_logits(x_adv)
+            if self.loss == "cw":
+                return cw_margin(logits, labels, reduction="none")
+            return soft_cross_entropy(logits, labels, reduction="none")
+
+        best, best_loss = None, None
+        for _ in range(self.restarts):
+            x_adv = sign_ascent(
+                images, lambda z: per_sample(z).sum(), eps=self.eps, alpha=self.step_size,
+                steps=self.steps, start=self.start,
+            )
+            if self.restarts == 1:
+                return x_adv
+            with torch.no_grad():
+                loss = per_sample(x_adv)
+            if best is None:
+                best, best_loss = x_adv, loss
+            else:
+                better = loss > best_loss
+                best = torch.where(better[:, None, None, None], x_adv, best)
+                best_loss = torch.maximum(loss, best_loss)
+        return best
+
+
+class TradesKL(Attack):
+    """TRADES inner maximisation: KL(P(x) ‖ P(x')) with P(x) computed once; labels are ignored.
+
+    Defaults follow the official TRADES code: start x + 0.001·N(0, 1), BatchNorm in eval mode.
+    (ADR's TRADES uses ``start=tiny-uniform, bn_mode=train``.)
+    """
+
+    uses_targets = False
+    options = common_attack_options(start="gauss", bn_mode="eval")
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        images = images.detach()
+        with torch.no_grad():
+            clean_probs = torch.softmax(self.get_logits(images), dim=1)
+        return sign_ascent(
+            images, lambda z: kl_divergence(clean_probs, self.get_logits(z), reduction="sum"),
+            eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start,
+        )
+
+
+class FGSM(Attack):
+    """One signed step of size ε from x (Goodfellow et al.); soft targets accepted."""
+
+    options = (
+        eps_option(),
+        Option("start", str, "none", "start point", choices=START_POINTS),
+        Option("bn_mode", str, "eval", "model mode during the attack", choices=BN_MODES),
+    )
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sign_ascent(
+            images, lambda z: soft_cross_entropy(self.get_logits(z), labels, reduction="sum"),
+            eps=self.eps, alpha=self.eps, steps=1, start=self.start,
+        )
+
+
+class NoAttack(Attack):
+    """The identity: x_adv = x. For clean training, or to see what an objective does without an attack."""
+
+    options = ()
+
+    def __call__(self, inputs: torch.Tensor, labels: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return inputs.detach()
+
+    def forward(self, images: torch.Tensor, labels: Any = None) -> torch.Tensor:
+        return images.detach()

@@ -1,0 +1,435 @@
+"""The ``advkit`` command line: train, eval, plugins.
+
+User mistakes (unknown names, bad options, missing files) end with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .checkpoint import atomic_write_text
+from .errors import AdvkitError
+from .options import parse_float
+
+EXIT_USAGE = 2
+
+
+class _Number(click.ParamType):
+    """A float that may be written as a fraction (``--eps 8/255``)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            return parse_float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number (fractions such as 8/255 are accepted)", param, ctx)
+
+
+NUMBER = _Number()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="advkit")
+def cli() -> None:
+    """advkit: adversarial training composed from plugins.
+
+    A run is a label rectifier (the targets), an attack (the inner maximisation) and an objective (the
+    outer loss); each is a plugin, listed by `advkit plugins`.
+
+    \b
+    Example:
+      advkit train --dataset digits --model small-cnn --objective trades --eps 0.1 --epochs 3 --out runs/x
+      advkit eval runs/x --attack clean --attack pgd --json r.json
+    """
+
+
+_TRAIN_FLAGS = {
+    # name: (click type, help)
+    "dataset": (str, "dataset: cifar10, cifar100, svhn, tiny-imagenet, mnist, fashion-mnist, digits [cifar10]"),
+    "data_dir": (click.Path(file_okay=False), "folder holding the datasets [data]"),
+    "model": (str, "architecture: resnet18, preact-resnet18, wrn-D-W, mobilenetv2, small-cnn, timm:<name> [resnet18]"),
+    "objective": (str, "outer loss plugin, e.g. standard, at, trades [at]"),
+    "rectifier": (str, "label rectifier plugin [the objective's default, usually onehot]"),
+    "attack": (str, "training attack plugin or torchattacks:<Name> [the objective's default]"),
+    "teacher": (str, "teacher: robustbench:NAME, timm:NAME, a run directory or a checkpoint file"),
+    "teacher_arch": (str, "architecture of a plain state_dict teacher file"),
+    "teacher_cache": (click.Path(file_okay=False), "folder of RobustBench teacher checkpoints [DATA_DIR/robustbench]"),
+    "eps": (NUMBER, "ℓ∞ radius for the training attack and validation, e.g. 8/255 [8/255]"),
+    "epochs": (int, "number of epochs [10]"),
+    "batch_size": (int, "batch size [128]"),
+    "lr": (NUMBER, "peak learning rate [0.1]"),
+    "momentum": (NUMBER, "SGD momentum [0.9]"),
+    "weight_decay": (NUMBER, "weight decay [5e-4]"),
+    "lr_schedule": (click.Choice(["piecewise", "cosine", "constant"]), "LR schedule, stepped per iteration [piecewise]"),
+    "lr_gamma": (NUMBER, "piecewise LR factor at each milestone [0.1]"),
+    "lr_warmup": (NUMBER, "epochs of linear LR warmup [0]"),
+    "val_size": (NUMBER, "validation examples held out from the training set: a count or a fraction [1000, or 10% of small sets]"),
+    "val_steps": (int, "PGD steps of the per-epoch validation attack [10]"),
+    "wa": (NUMBER, "keep a weight average (EMA) of the model with this decay, e.g. 0.995"),
+    "select": (click.Choice(["model", "wa"]), "which model picks best.pt by validation robust accuracy [model]"),
+    "awp": (NUMBER, "adversarial weight perturbation of this relative size: γ of official AWP (0.01 AT, 0.005 TRADES) or ρ of --awp-variant adr-sam (0.005) [off]"),
+    "awp_variant": (click.Choice(["official", "adr-sam"]), "official: Wu et al. 2020 (proxy model, conv/linear weights); adr-sam: ADR's SAM-style two-pass step [official]"),
+    "awp_warmup": (int, "epochs trained without AWP before it starts [0]"),
+    "seed": (int, "random seed [0]"),
+    "device": (str, "auto, cpu or cuda[:N] [auto]"),
+    "amp": (click.Choice(["off", "bf16", "fp16"]), "automatic mixed precision [off]"),
+}
+
+
+def _train_options(function: Any) -> Any:
+    for name, (kind, help_text) in reversed(list(_TRAIN_FLAGS.items())):
+        function = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, help=help_text)(function)
+    return function
+
+
+@cli.command()
+@_train_options
+@click.option("--lr-milestones", "lr_milestones", default=None, help="comma-separated epochs where the LR is multiplied by --lr-gamma [50%,75% of --epochs]")
+@click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum [off]")
+@click.option("--download/--no-download", default=None, help="let torchvision download a missing dataset, RobustBench a missing teacher [off]")
+@click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format [off]")
+@click.option("-o", "--option", "options", multiple=True, metavar="COMPONENT.KEY=VALUE",
+              help="component option, e.g. -o trades.beta=6 or -o attack.steps=5 (see advkit plugins show NAME)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of settings (keys as the flags above); flags given here override it")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="run directory to create [runs/<objective>-<dataset>-<model>]")
+@click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue the run in this directory where it stopped")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def train(config_file: str | None, out: str | None, resume: str | None, quiet: bool, options: tuple[str, ...],
+          lr_milestones: str | None, **flags: Any) -> None:
+    """Train a model; writes config.yaml, metrics.jsonl, last.pt and best.pt into the run directory."""
+    from .config import TrainConfig, load_config_file, merge_options, parse_option_flags
+    from .train import Trainer, config_of_run
+
+    given = {key: value for key, value in flags.items() if value is not None}
+    if resume:
+        extra = sorted(set(given) | ({"options"} if options else set()) | ({"config"} if config_file else set()))
+        if extra:
+            raise AdvkitError(f"--resume takes the settings from {resume}/config.yaml; drop --{extra[0].replace('_', '-')}")
+        trainer = Trainer(config_of_run(resume), resume, resume=True, progress=not quiet)
+    else:
+        config = load_config_file(config_file) if config_file else TrainConfig()
+        for key, value in given.items():
+            setattr(config, key, value)
+        if lr_milestones is not None:
+            config.lr_milestones = _milestones(lr_milestones)
+        if config.val_size is not None and float(config.val_size).is_integer() and config.val_size >= 1:
+            config.val_size = int(config.val_size)
+        config.options = merge_options(config.options, parse_option_flags(options))
+        out_dir = Path(out or f"runs/{config.objective}-{config.dataset}-{config.model.replace(':', '-')}")
+        trainer = Trainer(config, out_dir, progress=not quiet)
+    history = trainer.fit()
+    if history:
+        best = trainer.best
+        click.echo(f"done: {trainer.out_dir}  best val robust {100 * best['val_robust_acc']:.2f}% (epoch {best['epoch']}), "
+                   f"last val robust {100 * history[-1]['val_robust_acc']:.2f}%, clean {100 * history[-1]['val_clean_acc']:.2f}%")
+
+
+def _milestones(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AdvkitError(f"--lr-milestones expects comma-separated epoch numbers such as 100,150, got {text!r}") from None
+
+
+_ATTACKS_HELP = """\b
+Attacks: --attack NAME or NAME:KEY=VALUE,KEY=VALUE (defaults shown), repeatable:
+  clean                      no attack
+  fgsm                       one signed step of size ε (L2: one normalised-gradient step)
+  pgd:steps=20,alpha=ε/4,restarts=1
+                             PGD on cross-entropy from a uniform random start
+  cw:steps=30,alpha=ε/4,restarts=1
+                             CW∞: PGD on the Carlini-Wagner margin (Linf only)
+  cw2:c=0.1,kappa=0.01,steps=1000,lr=0.01,rounds=9,max_norm=none
+                             torchattacks' CW-L2, c ×10 per round (minimum norm; unbounded unless max_norm)
+  apgd-ce:iters=100,restarts=1              official AutoAttack APGD-CE
+  apgd-t:iters=100,restarts=1,targets=9     official APGD-T (targeted DLR)
+  square:queries=5000,restarts=1,p_init=0.8 official Square (query-based black box)
+  autoattack:version=standard               official AutoAttack (pyautoattack)
+  transfer:steps=20,alpha=ε/4,restarts=1    PGD crafted on --surrogate
+  torchattacks:<Name>[:KEY=VALUE,...]       any torchattacks attack
+--list-attacks prints every option; docs/evaluation.md explains each attack."""
+
+
+def _list_attacks(ctx: click.Context, param: Any, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .evaluate import EVAL_ATTACKS
+
+    for spec in EVAL_ATTACKS.values():
+        click.echo(f"{spec.name}  [{spec.implementation}; norms {', '.join(spec.norms)}]  — {spec.help}")
+        for option in spec.options:
+            bounds = f" {option.range_text()}" if option.range_text() else ""
+            click.echo(f"    {option.name}  {option.type_name()}{bounds}  default {option.default!s}  — {option.help}")
+    click.echo("torchattacks:<Name>  [torchattacks]  — options as in its constructor (see advkit plugins show torchattacks:<Name>)")
+    ctx.exit()
+
+
+def _model_options(n_examples: int | None) -> Any:
+    """Options every command that evaluates a trained model shares: which model, which examples, which threat."""
+    decorators = [
+        click.argument("target", type=click.Path()),
+        click.option("--n-examples", type=int, default=n_examples, show_default=n_examples is not None,
+                     help="seeded random subset of the test split" + ("" if n_examples else " [all]")),
+        click.option("--batch-size", type=int, default=256, show_default=True),
+        click.option("--eps", type=NUMBER, default=None, help="attack radius, e.g. 8/255 [the run's --eps; needed with --norm L2]"),
+        click.option("--norm", type=click.Choice(["Linf", "L2"]), default="Linf", show_default=True, help="threat model"),
+        click.option("--seed", type=int, default=0, show_default=True, help="seed of the subset and of the attacks"),
+        click.option("--wa", "averaged", is_flag=True, help="use the weight-averaged (EMA) model of a run trained with --wa"),
+        click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+                     help="which checkpoint of a run directory"),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="dataset folder [the run's]"),
+        click.option("--device", default="auto", show_default=True),
+    ]
+
+    def decorate(function: Any) -> Any:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return decorate
+
+
+def _check_model_options(n_examples: int | None, batch_size: int, eps: float | None, norm: str) -> None:
+    if n_examples is not None and n_examples < 1:
+        raise AdvkitError(f"--n-examples must be at least 1, got {n_examples}")
+    if batch_size < 1:
+        raise AdvkitError(f"--batch-size must be at least 1, got {batch_size}")
+    if eps is not None and (eps < 0 or (norm == "Linf" and eps > 1)):
+        raise AdvkitError(f"--eps must lie in [0, 1] for Linf (non-negative for L2), got {eps:g}")
+
+
+def _write_outputs(json_path: str | None, data: Any, markdown_path: str | None = None, markdown: str = "") -> None:
+    if json_path:
+        atomic_write_text(json.dumps(data, indent=2) + "\n", json_path)
+    if markdown_path:
+        atomic_write_text(markdown, markdown_path)
+
+
+_SURROGATE = click.option("--surrogate", type=click.Path(), default=None,
+                          help="run directory or checkpoint to craft the transfer attack on (its best.pt)")
+_JSON = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the results as JSON")
+_MARKDOWN = click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+                         help="write the results as a Markdown table")
+_QUIET = click.option("--quiet", is_flag=True, help="no progress bars")
+
+
+@cli.command("eval", epilog=_ATTACKS_HELP)
+@_model_options(n_examples=None)
+@click.option("--attack", "attacks", multiple=True, default=("clean", "pgd"), show_default=True,
+              help="attack spec, repeatable (list below)")
+@_SURROGATE
+@_JSON
+@_MARKDOWN
+@_QUIET
+@click.option("--list-attacks", is_flag=True, is_eager=True, expose_value=False, callback=_list_attacks,
+              help="list the evaluation attacks with all their options, and exit")
+def evaluate(target: str, attacks: tuple[str, ...], n_examples: int | None, batch_size: int, eps: float | None,
+             norm: str, seed: int, averaged: bool, which: str, data_dir: str | None, device: str,
+             surrogate: str | None, json_path: str | None, markdown_path: str | None, quiet: bool) -> None:
+    """Accuracy of TARGET (a run directory's best.pt, or a checkpoint file) under each attack, on the test split.
+
+    Prints one row per attack and the worst case per example (an example counts as robust only if it
+    survives every attack). AutoAttack, APGD and Square run through the official implementation.
+    """
+    from .evaluate import evaluate_checkpoint, format_markdown, format_table
+
+    _check_model_options(n_examples, batch_size, eps, norm)
+    report = evaluate_checkpoint(target, list(attacks), n_examples=n_examples, batch_size=batch_size, eps=eps,
+                                 norm=norm, seed=seed, averaged=averaged, which=which, data_dir=data_dir,
+                                 device=device, surrogate=surrogate, progress=not quiet)
+    click.echo(format_table(report))
+    _write_outputs(json_path, report, markdown_path, format_markdown(report) if markdown_path else "")
+
+
+@cli.command()
+@_model_options(n_examples=200)
+@_SURROGATE
+@click.option("--queries", type=int, default=1000, show_default=True, help="Square attack query budget")
+@click.option("--tolerance", type=NUMBER, default=0.02, show_default=True,
+              help="accuracy slack (a fraction) allowed by the monotonicity and black-box checks")
+@_JSON
+@_MARKDOWN
+@_QUIET
+def sanity(target: str, n_examples: int | None, batch_size: int, eps: float | None, norm: str, seed: int,
+           averaged: bool, which: str, data_dir: str | None, device: str, surrogate: str | None, queries: int,
+           tolerance: float, json_path: str | None, markdown_path: str | None, quiet: bool) -> None:
+    """Gradient-masking checks on TARGET; exit status 1 if any check fails.
+
+    \b
+    PASS/FAIL, with the numbers, for:
+      input gradients         CE and CW-margin input gradients neither zero nor NaN/Inf
+      unbounded attack        PGD with ε covering the whole image box drives accuracy to ~0
+      accuracy vs ε           PGD accuracy non-increasing in ε (0.25ε … 4ε)
+      accuracy vs PGD steps   non-increasing in the steps (1, 5, 20, 50)
+      black box vs white box  Square (and transfer with --surrogate) not stronger than PGD
+    A failure means gradient attacks under-report what the model can be fooled by (docs/evaluation.md).
+    """
+    from .sanity import SanitySettings, format_checks, format_checks_markdown, sanity_for_checkpoint
+
+    _check_model_options(n_examples, batch_size, eps, norm)
+    if queries < 1:
+        raise AdvkitError(f"--queries must be at least 1, got {queries}")
+    if not 0.0 <= tolerance < 1.0:
+        raise AdvkitError(f"--tolerance must lie in [0, 1) (a fraction of accuracy), got {tolerance:g}")
+    report = sanity_for_checkpoint(target, SanitySettings(queries=queries, tolerance=tolerance), n_examples=n_examples,
+                                   batch_size=batch_size, eps=eps, norm=norm, seed=seed, averaged=averaged,
+                                   which=which, data_dir=data_dir, device=device, surrogate=surrogate,
+                                   progress=not quiet)
+    click.echo(format_checks(report["checks"], report["header"]))
+    data = {**report, "checks": [check.to_dict() for check in report["checks"]]}
+    _write_outputs(json_path, data, markdown_path,
+                   format_checks_markdown(report["checks"], report["header"]) if markdown_path else "")
+    if not report["passed"]:
+        sys.exit(1)
+
+
+@cli.group()
+def plot() -> None:
+    """PNG figures: training curves of runs, calibration and entropy of a model."""
+
+
+@plot.command("curves")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default="curves.png", show_default=True, help="PNG file to write")
+@_JSON
+def plot_curves(runs: tuple[str, ...], out: str, json_path: str | None) -> None:
+    """Training curves of one or several RUNS (their metrics.jsonl).
+
+    Panels: validation clean and robust accuracy per epoch (● marks the best epoch; WA curves when the
+    run kept a weight average), best-so-far minus current robust accuracy (robust overfitting), and the
+    learning rate. Prints best versus last validation robust accuracy per run.
+    """
+    from .plots import training_curves
+
+    summaries = training_curves(list(runs), out)
+    for label, summary in summaries.items():
+        click.echo(f"{label}: best val robust {100 * summary['best']:.2f}% (epoch {summary['best_epoch']}), "
+                   f"last {100 * summary['last']:.2f}% (epoch {summary['last_epoch']}), gap {100 * summary['gap']:.2f} points")
+    click.echo(f"wrote {out}")
+    _write_outputs(json_path, summaries)
+
+
+@plot.command("calibration")
+@_model_options(n_examples=1000)
+@click.option("--attack", default="pgd", show_default=True, help="attack spec for the adversarial examples (see advkit eval --help)")
+@click.option("--ood", default=None, help="out-of-distribution dataset by name (e.g. fashion-mnist for a digits model); "
+              "its images are resized and grey/RGB-converted to the model's input")
+@click.option("--bins", type=int, default=15, show_default=True, help="confidence bins of the ECE and reliability diagram")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="calibration", show_default=True,
+              help="folder for reliability.png and entropy.png")
+@_JSON
+@_QUIET
+def plot_calibration(target: str, n_examples: int | None, batch_size: int, eps: float | None, norm: str, seed: int,
+                     averaged: bool, which: str, data_dir: str | None, device: str, attack: str, ood: str | None,
+                     bins: int, out_dir: str, json_path: str | None, quiet: bool) -> None:
+    """Calibration and output entropy of TARGET on clean and adversarial test examples (ADR §3.2).
+
+    Writes OUT_DIR/reliability.png (accuracy vs confidence, ECE) and OUT_DIR/entropy.png (entropy of
+    correct vs wrong predictions; clean vs adversarial vs OOD), and prints ECE, mean confidence and
+    entropy, and the mean Jensen-Shannon divergence between clean and adversarial outputs (nats).
+    """
+    from .analysis import analyse_checkpoint, format_analysis
+    from .plots import entropy_histograms, reliability_diagram
+
+    _check_model_options(n_examples, batch_size, eps, norm)
+    if bins < 1:
+        raise AdvkitError(f"--bins must be at least 1, got {bins}")
+    analysis, report = analyse_checkpoint(target, attack, ood=ood, n_bins=bins, n_examples=n_examples,
+                                          batch_size=batch_size, eps=eps, norm=norm, seed=seed, averaged=averaged,
+                                          which=which, data_dir=data_dir, device=device, progress=not quiet)
+    report["figures"] = [str(reliability_diagram(analysis, Path(out_dir) / "reliability.png")),
+                         str(entropy_histograms(analysis, Path(out_dir) / "entropy.png"))]
+    click.echo(format_analysis(report))
+    _write_outputs(json_path, report)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--check", is_flag=True, help="import every plugin to report broken ones")
+@click.pass_context
+def plugins(ctx: click.Context, check: bool) -> None:
+    """List installed components (kind, name, distribution, version, status)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .registry import default_registry
+
+    registry = default_registry()
+    rows = []
+    for entry in registry.entries():
+        claimants = [e for e in registry.entries(entry.kind) if e.name == entry.name]
+        status = "duplicate" if len(claimants) > 1 else ("not loaded" if not check else _load_status(registry, entry))
+        rows.append((entry.kind, entry.name, entry.distribution, entry.version, status))
+    headers = ("kind", "name", "distribution", "version", "status")
+    widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
+    for row in [headers] + rows:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    click.echo("torchattacks attacks are available as attack torchattacks:<Name> (e.g. torchattacks:APGD)")
+
+
+def _load_status(registry: Any, entry: Any) -> str:
+    try:
+        registry.load(entry.kind, entry.name)
+    except AdvkitError as exc:
+        return f"broken: {str(exc).split(': ', 1)[-1]}"
+    return "ok"
+
+
+@plugins.command("show")
+@click.argument("name")
+def plugins_show(name: str) -> None:
+    """Options of the component NAME (types, defaults, ranges, help)."""
+    from .registry import GROUPS, component_options, default_registry
+
+    registry = default_registry()
+    kinds = [kind for kind in GROUPS if name in registry.names(kind)]
+    if name.startswith("torchattacks:"):
+        kinds = ["attack"]
+    if not kinds:
+        import difflib
+
+        every = sorted({entry.name for entry in registry.entries()})
+        close = difflib.get_close_matches(name, every, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise AdvkitError(f"no component named '{name}'{hint} (see advkit plugins)")
+    for kind in kinds:
+        entry = registry.find(kind, name)
+        cls = registry.load(kind, name)
+        click.echo(f"{kind} {name}  ({entry.distribution} {entry.version}, {entry.target})")
+        doc = (cls.__doc__ or "").strip()
+        if doc:
+            click.echo("  " + doc.replace("\n", "\n  "))
+        for attribute in ("needs_teacher", "default_attack", "default_rectifier"):
+            if getattr(cls, attribute, None):
+                click.echo(f"  {attribute.replace('_', ' ')}: {getattr(cls, attribute)}")
+        options = component_options(cls)
+        if not options:
+            click.echo("  no options")
+        for option in options:
+            bounds = f" {option.range_text()}" if option.range_text() else ""
+            click.echo(f"  -o {name}.{option.name}  {option.type_name()}{bounds}  default {option.default!s}  — {option.help}")
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning user errors into one line and exit status 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("advkit: aborted", err=True)
+        sys.exit(130)
+    except AdvkitError as exc:
+        click.echo(f"advkit: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("advkit: interrupted; completed epochs are saved (continue with --resume RUN_DIR)", err=True)
+        sys.exit(130)

@@ -1,0 +1,53 @@
+"""Make ``import robustbench`` work with today's packages, in one place (docs/install.md explains why).
+
+robustbench 1.1.1 imports ``pkg_resources`` (removed from setuptools 82) and a module ``autoattack``,
+while its dependency ``pyautoattack`` installs the module ``pyautoattack``. ``import_robustbench()``
+installs two small aliases first, then imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from typing import Any
+
+
+def _install_pkg_resources_shim() -> None:
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
+        return
+    shim = types.ModuleType("pkg_resources")
+
+    def resource_filename(package: str, resource: str) -> str:
+        """The one pkg_resources call robustbench makes: a file path inside an installed package."""
+        module = importlib.import_module(package)
+        return os.path.join(os.path.dirname(module.__file__ or ""), resource)
+
+    shim.resource_filename = resource_filename  # type: ignore[attr-defined]
+    sys.modules["pkg_resources"] = shim
+
+
+def _alias_autoattack() -> None:
+    if "autoattack" in sys.modules or importlib.util.find_spec("autoattack") is not None:
+        return
+    if importlib.util.find_spec("pyautoattack") is None:
+        return
+    sys.modules["autoattack"] = importlib.import_module("pyautoattack")
+    sys.modules["autoattack.state"] = importlib.import_module("pyautoattack.state")
+
+
+def import_robustbench() -> Any:
+    """``import robustbench`` after the shims; returns the module."""
+    _install_pkg_resources_shim()
+    _alias_autoattack()
+    return importlib.import_module("robustbench")
+
+
+def import_autoattack() -> Any:
+    """The official AutoAttack implementation (PyPI ``pyautoattack``, fra31's code)."""
+    try:
+        return importlib.import_module("pyautoattack")
+    except ImportError:
+        return importlib.import_module("autoattack")

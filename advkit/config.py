@@ -1,0 +1,234 @@
+"""Run configuration: CLI flags and YAML files become one validated ``TrainConfig``.
+
+``config.yaml`` in a run directory is this object with every component option resolved, so a run can
+be repeated from it alone (``advkit train --config runs/x/config.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import AdvkitError, OptionError
+from .options import parse_float, plain
+from .registry import Registry, build_attack, component_options
+from .weight_perturbation import AWP_VARIANTS
+
+ROLES = ("rectifier", "attack", "objective")
+LR_SCHEDULES = ("piecewise", "cosine", "constant")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Field names are the CLI flags with '-' → '_'."""
+
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    download: bool = False
+    model: str = "resnet18"
+    objective: str = "at"
+    rectifier: str | None = None
+    attack: str | None = None
+    teacher: str | None = None
+    teacher_arch: str | None = None
+    teacher_cache: str | None = None
+    eps: float = 8 / 255
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    lr_schedule: str = "piecewise"
+    lr_milestones: list[float] | None = None
+    lr_gamma: float = 0.1
+    lr_warmup: float = 0.0
+    val_size: float | None = None
+    val_steps: int = 10
+    wa: float | None = None
+    select: str = "model"
+    awp: float | None = None
+    awp_variant: str = "official"
+    awp_warmup: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"
+    channels_last: bool = False
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Range checks for the run-level settings (component options are checked by the components)."""
+        checks = [
+            (0.0 <= self.eps <= 1.0, f"--eps must lie in [0, 1] (pixel units, e.g. 8/255), got {self.eps:g}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr:g}"),
+            (0.0 <= self.momentum < 1.0, f"--momentum must lie in [0, 1), got {self.momentum:g}"),
+            (self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay:g}"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
+            (0.0 < self.lr_gamma <= 1.0, f"--lr-gamma must lie in (0, 1], got {self.lr_gamma:g}"),
+            (self.lr_warmup >= 0, f"--lr-warmup must be non-negative (epochs), got {self.lr_warmup:g}"),
+            (self.val_steps >= 0, f"--val-steps must be non-negative, got {self.val_steps}"),
+            (self.wa is None or 0.0 < self.wa < 1.0, f"--wa must lie in (0, 1) (an EMA decay such as 0.995), got {self.wa}"),
+            (self.select in ("model", "wa"), f"--select must be 'model' or 'wa', got {self.select!r}"),
+            (self.select == "model" or self.wa is not None, "--select wa needs --wa DECAY"),
+            (self.awp is None or self.awp > 0, f"--awp must be positive (a relative weight-perturbation size such as 0.01), got {self.awp}"),
+            (self.awp_variant in AWP_VARIANTS, f"--awp-variant must be one of {', '.join(AWP_VARIANTS)}, got {self.awp_variant!r}"),
+            (self.awp_warmup >= 0, f"--awp-warmup must be non-negative (epochs without AWP), got {self.awp_warmup}"),
+            (self.awp is None or self.amp != "fp16", "--awp cannot be combined with --amp fp16 (loss-scaled gradients would set the perturbation); use --amp bf16 or off"),
+            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"--device must be auto, cpu or cuda[:N], got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise AdvkitError(message)
+        if self.lr_milestones is not None and any(m <= 0 for m in self.lr_milestones):
+            raise AdvkitError(f"--lr-milestones must be positive epoch numbers, got {self.lr_milestones}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: _plain_tree(value) for key, value in dataclasses.asdict(self).items()}
+
+
+def _plain_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain_tree(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_tree(item) for item in value]
+    return plain(value)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_FLOAT_FIELDS = {"eps", "lr", "momentum", "weight_decay", "lr_gamma", "lr_warmup", "wa", "awp"}
+
+
+def config_from_mapping(data: Mapping[str, Any], source: str) -> TrainConfig:
+    """Build a config from a YAML mapping, rejecting unknown keys with a suggestion."""
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _FIELDS:
+            close = difflib.get_close_matches(name, list(_FIELDS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise AdvkitError(f"{source}: unknown setting '{key}'{hint}")
+        values[name] = value
+    if "options" in values:
+        values["options"] = normalise_options(values["options"] or {}, source)
+    for name in _FLOAT_FIELDS & set(values):
+        if values[name] is not None:
+            try:
+                values[name] = parse_float(values[name])
+            except ValueError:
+                raise AdvkitError(f"{source}: setting '{name}' expects a number, got {values[name]!r}") from None
+    return TrainConfig(**values)
+
+
+def load_config_file(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise AdvkitError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AdvkitError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise AdvkitError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
+    return config_from_mapping(data, str(path))
+
+
+def normalise_options(raw: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """Accept ``{"trades.beta": 6}`` and ``{"trades": {"beta": 6}}`` alike → ``{"trades": {"beta": 6}}``."""
+    result: dict[str, dict[str, Any]] = {}
+    if not isinstance(raw, Mapping):
+        raise AdvkitError(f"{source}: 'options' must be a mapping such as {{trades.beta: 6}}")
+    for key, value in raw.items():
+        if isinstance(value, Mapping):
+            result.setdefault(str(key), {}).update({str(k): v for k, v in value.items()})
+        elif "." in str(key):
+            prefix, option = str(key).split(".", 1)
+            result.setdefault(prefix, {})[option] = value
+        else:
+            raise AdvkitError(f"{source}: option '{key}' must be written component.key (e.g. trades.beta)")
+    return result
+
+
+def parse_option_flags(flags: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``-o trades.beta=6 -o attack.steps=5`` → ``{"trades": {"beta": "6"}, "attack": {"steps": "5"}}``."""
+    result: dict[str, dict[str, Any]] = {}
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        prefix, dot, option = key.strip().partition(".")
+        if not sep or not dot or not prefix or not option:
+            raise AdvkitError(f"-o {flag!r}: expected component.option=value, e.g. -o trades.beta=6")
+        result.setdefault(prefix, {})[option] = value.strip()
+    return result
+
+
+def merge_options(base: Mapping[str, Mapping[str, Any]], override: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged = {prefix: dict(values) for prefix, values in base.items()}
+    for prefix, values in override.items():
+        merged.setdefault(prefix, {}).update(values)
+    return merged
+
+
+@dataclass
+class Components:
+    """The selected component classes and the raw option values routed to each role."""
+
+    names: dict[str, str]
+    classes: dict[str, type]
+    options: dict[str, dict[str, Any]]
+
+    def build(self, model: Any) -> dict[str, Any]:
+        """Instantiate the three components (options are validated here)."""
+        return {
+            "rectifier": self.classes["rectifier"](**self.options["rectifier"]),
+            "objective": self.classes["objective"](**self.options["objective"]),
+            "attack": build_attack(self.classes["attack"], model, self.options["attack"]),
+        }
+
+
+def select_components(config: TrainConfig, registry: Registry) -> Components:
+    """Load the chosen plugins and route ``options`` prefixes (role or component name) to roles."""
+    objective_cls = registry.load("objective", config.objective)
+    names = {
+        "objective": config.objective,
+        "rectifier": config.rectifier or objective_cls.default_rectifier,
+        "attack": config.attack or objective_cls.default_attack,
+    }
+    classes = {
+        "objective": objective_cls,
+        "rectifier": registry.load("rectifier", names["rectifier"]),
+        "attack": registry.load("attack", names["attack"]),
+    }
+    options: dict[str, dict[str, Any]] = {role: {} for role in ROLES}
+    if config.attack is None:
+        options["attack"].update(objective_cls.default_attack_options)
+    attack_keys = {option.name for option in component_options(classes["attack"])}
+    if "eps" in attack_keys:
+        options["attack"]["eps"] = config.eps
+    for prefix, values in config.options.items():
+        _route(prefix, values, names, classes, options)
+    return Components(names, classes, options)
+
+
+def _route(prefix: str, values: Mapping[str, Any], names: dict[str, str], classes: dict[str, type], options: dict[str, dict[str, Any]]) -> None:
+    if prefix in ROLES:
+        options[prefix].update(values)
+        return
+    roles = [role for role in ROLES if names[role] == prefix]
+    if not roles:
+        selected = ", ".join(f"{role} {names[role]}" for role in ROLES)
+        raise OptionError(f"option prefix '{prefix}' matches no selected component (selected: {selected}; "
+                          "prefixes may also be rectifier, attack or objective)")
+    for key, value in values.items():
+        owners = [role for role in roles if key in {o.name for o in component_options(classes[role])}]
+        if not owners:
+            owners = roles[:1]  # let that component report the unknown key with its valid options
+        for role in owners:
+            options[role][key] = value

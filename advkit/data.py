@@ -1,0 +1,498 @@
+"""Datasets held in memory as tensors, a seeded train/val split, and a batched on-device loader.
+
+Every dataset is read once into uint8 (or float32 for ``digits``) tensors. Augmentation (random crop with
+zero padding, horizontal flip) runs vectorised on whole batches on the training device, driven by a
+``torch.Generator`` seeded from ``(seed, epoch)`` only, so a resumed run sees exactly the batches it would
+have seen without the interruption.
+
+File formats are parsed here rather than through torchvision's dataset classes: torchvision is used only
+to download (it verifies checksums then), while reading stays fast (no checksum of 170 MB per start) and
+testable on small files written in the same formats.
+
+Augmentation per dataset: CIFAR-10/100 and Tiny-ImageNet use random crop (pad 4) + flip, the standard
+adversarial-training recipe (methods-spec §1). SVHN uses none: digits are not flip-invariant, and
+adversarial-training work on SVHN commonly trains without augmentation. MNIST, Fashion-MNIST and digits use
+none.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import pickle
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .errors import AdvkitError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and the loader need to know about a dataset; stored in checkpoints."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]  # C, H, W
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int  # 0 = no random crop
+    flip: bool  # random horizontal flip
+
+
+@dataclass
+class ArrayDataset:
+    """Images (N×C×H×W, uint8 in 0..255 or float32 in [0, 1]) and int64 labels, in memory."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dim() != 4 or self.y.dim() != 1 or self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"ArrayDataset needs x N×C×H×W and y N, got {tuple(self.x.shape)} and {tuple(self.y.shape)}")
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def subset(self, index: torch.Tensor) -> ArrayDataset:
+        """The examples at ``index`` (a copy, so the parent can be freed)."""
+        return ArrayDataset(self.x[index], self.y[index])
+
+
+@dataclass
+class Splits:
+    """Train / validation / test parts of one dataset; validation is held out from the training set."""
+
+    info: DatasetInfo
+    train: ArrayDataset
+    val: ArrayDataset
+    test: ArrayDataset
+
+
+CIFAR10_INFO = DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), 4, True)
+CIFAR100_INFO = DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True)
+SVHN_INFO = DatasetInfo("svhn", 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 0, False)
+TINY_IMAGENET_INFO = DatasetInfo("tiny-imagenet", 200, (3, 64, 64), (0.4802, 0.4481, 0.3975),
+                                 (0.2302, 0.2265, 0.2262), 4, True)
+MNIST_INFO = DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), 0, False)
+FASHION_MNIST_INFO = DatasetInfo("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), 0, False)
+DIGITS_INFO = DatasetInfo("digits", 10, (1, 8, 8), (0.3053,), (0.3760,), 0, False)
+
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "svhn", "tiny-imagenet", "mnist", "fashion-mnist", "digits")
+
+# The digits test split is fixed by this seed, never by the run seed, so every run is scored on the same images.
+DIGITS_SPLIT_SEED = 20240101
+DEBIAN_FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Images as float32 in [0, 1]: uint8 is divided by 255, floating point passes through."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255)
+    return x.to(torch.float32)
+
+
+def default_val_size(n_train: int) -> int:
+    """Validation examples held out when none are asked for: 10% of small sets, at most 1000."""
+    return min(1000, max(1, n_train // 10))
+
+
+def load_dataset(name: str, data_dir: str | Path, *, val_size: float | int | None = None, seed: int = 0,
+                 download: bool = False) -> Splits:
+    """Load ``name`` from ``data_dir`` and hold out a seeded validation split from its training set.
+
+    ``val_size`` is a count (int) or a fraction of the training set (float in [0, 1)); ``None`` means
+    :func:`default_val_size`. The split uses its own ``torch.Generator(seed)``, never the global RNG.
+    """
+    key = name.strip().lower().replace("_", "-")
+    if key not in LOADERS:
+        close = difflib.get_close_matches(key, DATASETS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AdvkitError(f"unknown dataset '{name}'{hint}; choose one of: {', '.join(DATASETS)}")
+    info, loader = LOADERS[key]
+    full_train, test = loader(Path(data_dir).expanduser(), download)
+    n_val = _val_count(val_size, len(full_train))
+    order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(seed))
+    val_index, train_index = order[:n_val].sort().values, order[n_val:].sort().values
+    return Splits(info, full_train.subset(train_index), full_train.subset(val_index), test)
+
+
+def _val_count(val_size: float | int | None, n_train: int) -> int:
+    """Turn a count or fraction into a count, rejecting sizes that leave no training data."""
+    if val_size is None:
+        count = default_val_size(n_train)
+    elif isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise AdvkitError(f"--val-size must be a count >= 0 or a fraction in [0, 1), got {val_size!r}")
+    elif isinstance(val_size, float):
+        if not 0 <= val_size < 1:
+            raise AdvkitError(f"--val-size {val_size}: a fraction must lie in [0, 1); pass an integer for a count")
+        count = int(round(val_size * n_train))
+    elif val_size >= 0:
+        count = val_size
+    else:
+        raise AdvkitError(f"--val-size must be a count >= 0 or a fraction in [0, 1), got {val_size}")
+    if count >= n_train:
+        raise AdvkitError(f"--val-size {val_size} holds out {count} of {n_train} training examples and leaves none "
+                          f"to train on; use a count below {n_train} or a fraction below 1")
+    return count
+
+
+def _missing(name: str, data_dir: Path, expected: Path | str) -> AdvkitError:
+    return AdvkitError(f"dataset '{name}' not found in {data_dir}: expected {expected} "
+                       f"(pass --download to fetch it, or --data-dir to point at it)")
+
+
+def _download(name: str, data_dir: Path, fetch: Callable[[], object]) -> None:
+    """Run a torchvision download, turning network and checksum failures into one-line errors."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fetch()
+    except (OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AdvkitError(f"could not download dataset '{name}' into {data_dir}: {first}") from None
+
+
+def _unreadable(path: Path, exc: Exception) -> AdvkitError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return AdvkitError(f"{path} is unreadable or corrupted ({first}); delete it and fetch it again with --download")
+
+
+# --- CIFAR ---------------------------------------------------------------------------------------------------
+
+def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python pickle: ``data`` N×3072 uint8 (R, G, B planes) and a label list."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError) as exc:
+        raise _unreadable(path, exc) from None
+    return images, labels
+
+
+def _cifar(folder: str, train_files: tuple[str, ...], test_file: str, label_key: str, name: str,
+           dataset_class: str) -> Callable[[Path, bool], tuple[ArrayDataset, ArrayDataset]]:
+    def load(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+        root = data_dir / folder
+        needed = [root / f for f in (*train_files, test_file)]
+        if not all(p.is_file() for p in needed):
+            if not download:
+                raise _missing(name, data_dir, root)
+            import torchvision.datasets
+
+            _download(name, data_dir, lambda: getattr(torchvision.datasets, dataset_class)(str(data_dir), download=True))
+        parts = [_read_cifar_batch(p, label_key) for p in needed]
+        train_x = np.concatenate([x for x, _ in parts[:-1]])
+        train_y = np.concatenate([y for _, y in parts[:-1]])
+        return (ArrayDataset(torch.from_numpy(train_x), torch.from_numpy(train_y)),
+                ArrayDataset(torch.from_numpy(parts[-1][0]), torch.from_numpy(parts[-1][1])))
+    return load
+
+
+# --- SVHN ----------------------------------------------------------------------------------------------------
+
+def _read_svhn(path: Path) -> ArrayDataset:
+    """A torchvision-layout SVHN .mat file: X is H×W×C×N uint8, label 10 stands for digit 0."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(path))
+        images = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1))
+        labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
+    except (OSError, KeyError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels))
+
+
+def _load_svhn(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    files = {"train": data_dir / "train_32x32.mat", "test": data_dir / "test_32x32.mat"}
+    for split, path in files.items():
+        if not path.is_file():
+            if not download:
+                raise _missing("svhn", data_dir, path)
+            import torchvision.datasets
+
+            _download("svhn", data_dir, lambda: torchvision.datasets.SVHN(str(data_dir), split=split, download=True))
+    return _read_svhn(files["train"]), _read_svhn(files["test"])
+
+
+# --- MNIST-style idx files -----------------------------------------------------------------------------------
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse an idx file (the MNIST format), gzipped or plain, into a numpy array in native byte order."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+        if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+            raise ValueError("bad idx magic number")
+        dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
+        shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+        data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
+        if data.size != int(np.prod(shape)):
+            raise ValueError(f"header says {shape} but the file holds {data.size} values")
+    except (OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
+        raise _unreadable(path, exc) from None
+    return data.reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """``stem`` or ``stem.gz`` in ``folder``, whichever exists (plain first)."""
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_folder(folders: list[Path]) -> dict[str, Path] | None:
+    """The first folder holding all four MNIST-style idx files, as a role -> path map."""
+    for folder in folders:
+        found = {role: _idx_file(folder, stem) for role, stem in IDX_FILES.items()}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
+    return None
+
+
+def _read_idx_splits(files: dict[str, Path]) -> tuple[ArrayDataset, ArrayDataset]:
+    def part(x_role: str, y_role: str) -> ArrayDataset:
+        images, labels = read_idx(files[x_role]), read_idx(files[y_role])
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise AdvkitError(f"{files[x_role]} and {files[y_role]} do not form an image set: "
+                              f"shapes {images.shape} and {labels.shape}, expected N×H×W and N")
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1)
+        return ArrayDataset(x, torch.from_numpy(labels.astype(np.int64)))
+    return part("train_x", "train_y"), part("test_x", "test_y")
+
+
+def _load_mnist(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    folders = [data_dir / "MNIST" / "raw", data_dir / "mnist"]
+    files = _idx_folder(folders)
+    if files is None:
+        if not download:
+            raise _missing("mnist", data_dir, f"{folders[0]}/{IDX_FILES['train_x']}[.gz] and the other idx files")
+        import torchvision.datasets
+
+        for train in (True, False):
+            _download("mnist", data_dir, lambda: torchvision.datasets.MNIST(str(data_dir), train=train, download=True))
+        files = _idx_folder(folders)
+        assert files is not None, "torchvision's MNIST download left no idx files in MNIST/raw"
+    return _read_idx_splits(files)
+
+
+def debian_fashion_mnist_dir() -> Path | None:
+    """Where the Debian package ``dataset-fashion-mnist`` put its idx files, if it is installed."""
+    try:
+        listing = subprocess.run(["dpkg", "-L", DEBIAN_FASHION_MNIST_PACKAGE], capture_output=True, text=True,
+                                 timeout=30, check=False).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        listing = []
+    folders = [Path(line).parent for line in listing if Path(line).name.startswith(IDX_FILES["train_x"])]
+    for folder in [*folders, DEBIAN_FASHION_MNIST_DIR]:
+        if _idx_folder([folder]) is not None:
+            return folder
+    return None
+
+
+def _load_fashion_mnist(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    folders = [data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist"]
+    files = _idx_folder(folders)
+    if files is None:
+        debian = debian_fashion_mnist_dir()
+        files = _idx_folder([debian]) if debian is not None else None
+    if files is None:
+        if not download:
+            raise AdvkitError(f"dataset 'fashion-mnist' not found in {folders[0]} or {folders[1]}, nor from the "
+                              f"Debian package: install it (apt-get install {DEBIAN_FASHION_MNIST_PACKAGE}), "
+                              f"pass --download, or --data-dir to point at the idx files")
+        import torchvision.datasets
+
+        for train in (True, False):
+            _download("fashion-mnist", data_dir,
+                      lambda: torchvision.datasets.FashionMNIST(str(data_dir), train=train, download=True))
+        files = _idx_folder(folders)
+        assert files is not None, "torchvision's FashionMNIST download left no idx files in FashionMNIST/raw"
+    return _read_idx_splits(files)
+
+
+# --- Tiny-ImageNet -------------------------------------------------------------------------------------------
+
+def _read_images(paths: list[Path]) -> torch.Tensor:
+    """Decode image files to an N×3×H×W uint8 tensor (grayscale JPEGs are expanded to RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                out.append(np.asarray(image.convert("RGB")))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise _unreadable(path, exc) from None
+    if len({img.shape for img in out}) > 1:
+        raise AdvkitError(f"images under {paths[0].parent.parent} have different sizes; Tiny-ImageNet is 64×64")
+    if not out:
+        return torch.empty(0, 3, 64, 64, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """Images of one class folder: ``<wnid>/images/*.JPEG`` (official) or ``<wnid>/*.JPEG`` (re-foldered)."""
+    base = folder / "images" if (folder / "images").is_dir() else folder
+    return sorted(p for p in base.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+
+
+def _load_tiny_imagenet(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    roots = [data_dir / "tiny-imagenet-200", data_dir / "tiny-imagenet", data_dir]
+    root = next((r for r in roots if (r / "train").is_dir() and (r / "val").is_dir()), None)
+    if root is None:
+        raise AdvkitError(f"dataset 'tiny-imagenet' not found in {data_dir}: expected {roots[0]}/train and "
+                          f"{roots[0]}/val (it cannot be downloaded with --download: unzip "
+                          f"http://cs231n.stanford.edu/tiny-imagenet-200.zip into {data_dir}, or pass --data-dir)")
+    wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    label_of = {wnid: i for i, wnid in enumerate(wnids)}
+
+    train_paths, train_labels = [], []
+    for wnid in wnids:
+        images = _class_images(root / "train" / wnid)
+        train_paths += images
+        train_labels += [label_of[wnid]] * len(images)
+
+    val = root / "val"
+    annotations = val / "val_annotations.txt"
+    test_paths, test_labels = [], []
+    if annotations.is_file():
+        for line in annotations.read_text().splitlines():
+            fields = line.split("\t")
+            if len(fields) < 2:
+                continue
+            if fields[1] not in label_of:
+                raise AdvkitError(f"{annotations} names class {fields[1]}, which has no folder under {root / 'train'}")
+            test_paths.append(val / "images" / fields[0])
+            test_labels.append(label_of[fields[1]])
+    else:
+        for wnid in sorted(p.name for p in val.iterdir() if p.is_dir()):
+            if wnid not in label_of:
+                raise AdvkitError(f"{val / wnid} is a class with no folder under {root / 'train'}")
+            images = _class_images(val / wnid)
+            test_paths += images
+            test_labels += [label_of[wnid]] * len(images)
+    if not train_paths or not test_paths:
+        raise AdvkitError(f"no images found under {root}/train or {root}/val: expected train/<wnid>/images/*.JPEG "
+                          f"and val/images/*.JPEG with val/val_annotations.txt (or val/<wnid>/*.JPEG)")
+    return (ArrayDataset(_read_images(train_paths), torch.tensor(train_labels, dtype=torch.int64)),
+            ArrayDataset(_read_images(test_paths), torch.tensor(test_labels, dtype=torch.int64)))
+
+
+# --- scikit-learn digits -------------------------------------------------------------------------------------
+
+def _load_digits(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    """scikit-learn's embedded 8×8 digits (values 0..16 -> [0, 1]), split 80/20 by a fixed seed."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_test = len(y) // 5
+    full = ArrayDataset(x, y)
+    return full.subset(order[n_test:].sort().values), full.subset(order[:n_test].sort().values)
+
+
+LOADERS: dict[str, tuple[DatasetInfo, Callable[[Path, bool], tuple[ArrayDataset, ArrayDataset]]]] = {
+    "cifar10": (CIFAR10_INFO, _cifar("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                                     "test_batch", "labels", "cifar10", "CIFAR10")),
+    "cifar100": (CIFAR100_INFO, _cifar("cifar-100-python", ("train",), "test", "fine_labels", "cifar100", "CIFAR100")),
+    "svhn": (SVHN_INFO, _load_svhn),
+    "tiny-imagenet": (TINY_IMAGENET_INFO, _load_tiny_imagenet),
+    "mnist": (MNIST_INFO, _load_mnist),
+    "fashion-mnist": (FASHION_MNIST_INFO, _load_fashion_mnist),
+    "digits": (DIGITS_INFO, _load_digits),
+}
+
+
+# --- batches -------------------------------------------------------------------------------------------------
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for one (seed, epoch, purpose): well-mixed, independent of the global RNG and device."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch, stream]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def augment_batch(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop each image at offset (dy, dx) of its zero-padded copy, then mirror those with ``flip``.
+
+    One gather for the whole batch: output[b, :, i, j] = padded[b, :, dy[b] + i, dx[b] + j'] where
+    j' = W-1-j when ``flip[b]`` else j. Offsets lie in 0..2·padding; offset ``padding`` means no shift.
+    """
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding)) if padding else x
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]
+    batch_index = torch.arange(b, device=x.device)[:, None, None, None]
+    channel_index = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class BatchLoader:
+    """Iterates (x, y) batches: x float32 in [0, 1] on ``device``, y int64 on ``device``.
+
+    The dataset is moved to ``device`` once, so a step does no host transfer. Order and augmentation depend
+    only on ``(seed, epoch)``: call :meth:`set_epoch` before each epoch, and a resumed run replays exactly.
+    """
+
+    def __init__(self, data: ArrayDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
+                 augment: DatasetInfo | None = None, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        if batch_size < 1:
+            raise AdvkitError(f"batch size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.x = data.x.to(self.device)
+        self.y = data.y.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.padding = augment.crop_padding if augment is not None else 0
+        self.flip = augment.flip if augment is not None else False
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order and augmentation of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = self.y.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.y.shape[0]
+        order = torch.randperm(n, generator=_generator(self.seed, self.epoch, 0)) if self.shuffle else None
+        augmenting = self.padding > 0 or self.flip
+        if augmenting:
+            g = _generator(self.seed, self.epoch, 1)
+            offsets = torch.randint(0, 2 * self.padding + 1, (2, n), generator=g)
+            flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
+        if order is not None:
+            order = order.to(self.device)
+        for i in range(len(self)):
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            if order is None:
+                x, y = self.x[lo:hi], self.y[lo:hi]
+            else:
+                index = order[lo:hi]
+                x, y = self.x[index], self.y[index]
+            if augmenting:
+                x = augment_batch(x, offsets[0, lo:hi], offsets[1, lo:hi], flips[lo:hi], self.padding)
+            yield to_float(x), y

@@ -1,0 +1,137 @@
+"""Per-step time of RSLAD and AdaAD against their model-work floors, and what a frozen teacher saves.
+
+Both trainers run the real ``Trainer.train_step`` on the same 32×32 batch (a synthetic CIFAR-10 folder,
+so no download) with the same student and teacher (random weights; timings do not care). Next to them
+the script times the bare model work each step cannot avoid, built from the same networks:
+
+- RSLAD floor: one no-grad T(x) + K × [S forward + input backward] + the update (S(x′), S(x), backward, SGD).
+- AdaAD floor: K × [S and T forward + input backward through both] + one no-grad T(x′) + the update
+  (S(x′), backward, SGD). At α = 1 neither S(x) nor T(x) is needed, and advkit skips them.
+
+and two ways of running the teacher that official codes use and advkit avoids:
+
+- the attack with trainable teacher parameters (autograd then keeps what a weight gradient would need),
+- the AdaIAD update with the teacher run with gradients, so backward also computes teacher weight grads.
+
+Everything is interleaved, so drifting machine load hits all measurements alike; medians are printed
+with their ratios.
+
+    python benchmarks/distillation.py [--student mobilenetv2] [--teacher resnet18] [--batch-size 8] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from adr_overhead import synthetic_cifar10  # the sibling benchmark's random CIFAR-10 folder
+
+from advkit import Progress, TrainConfig, Trainer
+
+
+def build(objective: str, args: argparse.Namespace, data_dir: Path, teacher: Path, out_dir: Path) -> Trainer:
+    config = TrainConfig(dataset="cifar10", data_dir=str(data_dir), model=args.student, objective=objective,
+                         teacher=str(teacher), teacher_arch=args.teacher, batch_size=args.batch_size, epochs=1,
+                         val_size=args.batch_size, device=args.device, seed=0)
+    return Trainer(config, out_dir, progress=False)
+
+
+def floors(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, Callable[[], object]]:
+    """The bare model work of each step (and the two teacher variants advkit avoids), as callables."""
+    student, teacher, optimizer = trainer.model, trainer.teacher, trainer.optimizer
+
+    def input_grads(*nets: torch.nn.Module, trainable_teacher: bool = False) -> None:
+        teacher.requires_grad_(trainable_teacher)
+        student.eval().requires_grad_(False)
+        z = x.clone().requires_grad_(True)
+        for _ in range(steps):
+            torch.autograd.grad(sum(net(z).sum() for net in nets), z)
+        student.train().requires_grad_(True)
+        teacher.requires_grad_(False)
+
+    def update(inputs: list[torch.Tensor], teacher_with_grad: bool = False) -> None:
+        student.train()
+        loss = sum(student(batch).logsumexp(1).sum() for batch in inputs)
+        if teacher_with_grad:  # the official AdaIAD: teacher weight gradients computed and thrown away
+            teacher.requires_grad_(True)
+            loss = loss + teacher(x).logsumexp(1).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        teacher.requires_grad_(False).zero_grad(set_to_none=True)
+
+    def no_grad_teacher() -> None:
+        with torch.no_grad():
+            teacher(x)
+
+    return {
+        "RSLAD floor": lambda: (no_grad_teacher(), input_grads(student), update([x, x])),
+        "AdaAD floor": lambda: (input_grads(student, teacher), no_grad_teacher(), update([x])),
+        "attack, teacher frozen": lambda: input_grads(student, teacher),
+        "attack, teacher trainable": lambda: input_grads(student, teacher, trainable_teacher=True),
+        "update, T(x') no-grad": lambda: (no_grad_teacher(), update([x])),
+        "update, T(x') with weight grads": lambda: update([x], teacher_with_grad=True),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", default="mobilenetv2")
+    parser.add_argument("--teacher", default="resnet18", help="teacher architecture (random weights)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats of everything (after one warm-up)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 resists other load best)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from advkit.data import CIFAR10_INFO
+    from advkit.models import build_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        synthetic_cifar10(root / "data", images=2 * args.batch_size)
+        teacher_file = root / "teacher.pt"
+        torch.save(build_model(args.teacher, CIFAR10_INFO).state_dict(), teacher_file)
+        trainers = {name: build(name.lower(), args, root / "data", teacher_file, root / name)
+                    for name in ("RSLAD", "AdaAD")}
+        x, y = next(iter(trainers["RSLAD"].train_loader))
+        steps = trainers["RSLAD"].attack.steps
+        progress = Progress(0, 0, 100, 10)
+        work: dict[str, Callable[[], object]] = {
+            f"{name} step": (lambda t=trainer: t.train_step(x, y, progress)[0].item())
+            for name, trainer in trainers.items()
+        }
+        work.update(floors(trainers["AdaAD"], x, y, steps))
+        times: dict[str, list[float]] = {name: [] for name in work}
+        for repeat in range(args.repeats + 1):
+            for name, run in (work.items() if repeat % 2 == 0 else reversed(work.items())):
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                run()
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                if repeat > 0:
+                    times[name].append(time.perf_counter() - started)
+
+    median = {name: statistics.median(samples) for name, samples in times.items()}
+    print(f"student {args.student}, teacher {args.teacher}, 32×32, batch {args.batch_size}, K = {steps}, "
+          f"{args.device}, {args.threads} thread(s), median of {args.repeats} interleaved repeats")
+    for method in ("RSLAD", "AdaAD"):
+        step, floor = median[f"{method} step"], median[f"{method} floor"]
+        print(f"  {method} step {1000 * step:9.1f} ms   floor {1000 * floor:9.1f} ms   step/floor ×{step / floor:.3f}")
+    print(f"  AdaAD / RSLAD step time: ×{median['AdaAD step'] / median['RSLAD step']:.2f}")
+    for frozen, trainable in (("attack, teacher frozen", "attack, teacher trainable"),
+                              ("update, T(x') no-grad", "update, T(x') with weight grads")):
+        saving = 1 - median[frozen] / median[trainable]
+        print(f"  {frozen:<24} {1000 * median[frozen]:9.1f} ms   vs {trainable.split(', ')[1]:<17} "
+              f"{1000 * median[trainable]:9.1f} ms   saving {100 * saving:.1f}%")
+
+
+if __name__ == "__main__":
+    main()

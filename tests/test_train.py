@@ -1,0 +1,91 @@
+"""End-to-end training on the embedded digits set: run directory, resume continuity, LR schedules."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from advkit import AdvkitError, TrainConfig, Trainer
+from advkit.config import load_config_file
+from advkit.train import config_of_run, learning_rate
+
+
+def digits_config(**overrides):
+    settings = dict(dataset="digits", model="small-cnn", objective="trades", eps=0.1, epochs=2, batch_size=64,
+                    lr=0.05, val_steps=3, seed=3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_run_directory_contents(tmp_path):
+    config = digits_config(options={"trades": {"beta": "3"}})
+    history = Trainer(config, tmp_path / "run", progress=False).fit()
+    run = tmp_path / "run"
+    assert {"config.yaml", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
+    assert not list(run.glob(".*.tmp"))  # atomic writes leave no temporaries
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records == history
+    for key in ("train_loss", "train_acc", "val_clean_acc", "val_robust_acc", "lr", "time_s"):
+        assert key in records[0]
+    assert all(0.0 <= r["val_robust_acc"] <= r["val_clean_acc"] + 0.05 for r in records)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["objective"] == "trades" and saved["attack"] == "trades-kl" and saved["rectifier"] == "onehot"
+    assert saved["options"]["objective"]["beta"] == 3.0 and saved["options"]["attack"]["eps"] == 0.1
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == max(records, key=lambda r: r["val_robust_acc"])["epoch"]
+
+
+def test_config_yaml_reruns_the_same_run(tmp_path):
+    Trainer(digits_config(epochs=1), tmp_path / "a", progress=False).fit()
+    again = load_config_file(tmp_path / "a" / "config.yaml")
+    Trainer(again, tmp_path / "b", progress=False).fit()
+    first = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    second = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_resume_continues_exactly(tmp_path):
+    config = digits_config(epochs=3, objective="at", wa=0.9)
+    Trainer(config, tmp_path / "straight", progress=False).fit()
+    Trainer(digits_config(epochs=3, objective="at", wa=0.9), tmp_path / "stopped", progress=False).fit(stop_after_epoch=1)
+    resumed = Trainer(config_of_run(tmp_path / "stopped"), tmp_path / "stopped", resume=True, progress=False)
+    assert resumed.start_epoch == 1
+    resumed.fit()
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    stopped = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, stopped["model"][key]), key
+    for key, value in straight["averages"]["0.9"]["model"].items():
+        assert torch.equal(value, stopped["averages"]["0.9"]["model"][key]), key
+    assert [r["val_robust_acc"] for r in straight["history"]] == [r["val_robust_acc"] for r in stopped["history"]]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    Trainer(digits_config(epochs=1), tmp_path / "run", progress=False).fit()
+    with pytest.raises(AdvkitError, match="already holds a run"):
+        Trainer(digits_config(epochs=1), tmp_path / "run", progress=False)
+
+
+def test_trades_is_more_robust_than_standard_training(tmp_path):
+    robust = {}
+    for objective in ("standard", "trades"):
+        config = digits_config(objective=objective, epochs=3, val_steps=10)
+        robust[objective] = Trainer(config, tmp_path / objective, progress=False).fit()[-1]["val_robust_acc"]
+    assert robust["trades"] > robust["standard"] + 0.15, robust
+
+
+def test_learning_rate_schedules():
+    piecewise = TrainConfig(epochs=10, lr=0.1)
+    assert learning_rate(piecewise, 0, 100) == pytest.approx(0.1)
+    assert learning_rate(piecewise, 499, 100) == pytest.approx(0.1)
+    assert learning_rate(piecewise, 500, 100) == pytest.approx(0.01)  # milestone at 50% of 10 epochs
+    assert learning_rate(piecewise, 750, 100) == pytest.approx(0.001)
+    cosine = TrainConfig(epochs=10, lr=0.1, lr_schedule="cosine")
+    assert learning_rate(cosine, 0, 100) == pytest.approx(0.1)
+    assert learning_rate(cosine, 500, 100) == pytest.approx(0.05)
+    assert learning_rate(cosine, 1000, 100) == pytest.approx(0.0, abs=1e-12)
+    warm = TrainConfig(epochs=10, lr=0.1, lr_warmup=2, lr_milestones=[5])
+    assert learning_rate(warm, 100, 100) == pytest.approx(0.05)
+    assert learning_rate(warm, 300, 100) == pytest.approx(0.1)
+    assert learning_rate(warm, 600, 100) == pytest.approx(0.01)
