@@ -39,7 +39,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q --import-mode=importlib -p no:cacheprovider tests $(PLUGINS) examples
 
 benchmark: $(STAMP)
-	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+	for script in $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py)); do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -47,14 +47,23 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AdvkitError(
-            f"{what} {path} needs arbitrary unpickling, which advkit refuses (it could execute code): {first}; "
-            "re-save it as a plain state_dict"
-        ) from None
+        detail = _unpickler_detail(str(exc))
+        if "global" in detail.lower():  # the file names a class or function to call: refuse it
+            raise AdvkitError(
+                f"{what} {path} needs arbitrary unpickling, which advkit refuses (it could execute code): {detail}; "
+                "re-save it as a plain state_dict"
+            ) from None
+        raise AdvkitError(f"{what} {path} is not a readable PyTorch file: {detail}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AdvkitError(f"{what} {path} is not a readable PyTorch file: {first}") from None
+
+
+def _unpickler_detail(message: str) -> str:
+    """The one informative line of torch's long weights-only refusal (what it tripped on)."""
+    _, marker, rest = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if marker else message).splitlines() if line.strip()]
+    return lines[0].split(". Please use")[0] if lines else "unpickling failed"
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu", *, averaged: bool = False) -> tuple[torch.nn.Module, dict[str, Any], Any]:

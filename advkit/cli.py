@@ -127,8 +127,11 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
     history = trainer.fit()
     if history:
         best = trainer.best
-        click.echo(f"done: {trainer.out_dir}  best val robust {100 * best['val_robust_acc']:.2f}% (epoch {best['epoch']}), "
-                   f"last val robust {100 * history[-1]['val_robust_acc']:.2f}%, clean {100 * history[-1]['val_clean_acc']:.2f}%")
+        prefix = "val_wa" if trainer.config.select == "wa" else "val"
+        which = "weight-averaged model" if trainer.config.select == "wa" else "model"
+        click.echo(f"done: {trainer.out_dir}  {which}: best val robust {100 * best['val_robust_acc']:.2f}% "
+                   f"(epoch {best['epoch']}), last val robust {100 * history[-1][f'{prefix}_robust_acc']:.2f}%, "
+                   f"clean {100 * history[-1][f'{prefix}_clean_acc']:.2f}%")
 
 
 def _milestones(text: str) -> list[float]:

@@ -14,9 +14,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from .components import Configurable
 from .errors import AdvkitError, OptionError
 from .options import parse_float, plain
-from .registry import Registry, build_attack, component_options
+from .registry import Registry, build_attack, component_options, foreign_attack_options
 from .weight_perturbation import AWP_VARIANTS
 
 ROLES = ("rectifier", "attack", "objective")
@@ -191,6 +192,17 @@ class Components:
             "objective": self.classes["objective"](**self.options["objective"]),
             "attack": build_attack(self.classes["attack"], model, self.options["attack"]),
         }
+
+    def resolved_options(self, built: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The option values in force per role, defaults included, for config.yaml (enough to re-run)."""
+        resolved = {}
+        for role, component in built.items():
+            if isinstance(component, Configurable):
+                resolved[role] = component.resolved_options()
+            else:  # a torchattacks attack: its keyword arguments
+                values = foreign_attack_options(self.classes[role], self.options[role])
+                resolved[role] = {key: plain(value) for key, value in values.items()}
+        return resolved
 
 
 def select_components(config: TrainConfig, registry: Registry) -> Components:

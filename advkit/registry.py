@@ -145,8 +145,12 @@ def build_attack(cls: type, model: Any, values: Mapping[str, Any]) -> Any:
     """Construct an attack: advkit attacks validate their own options; torchattacks ones are checked here."""
     if issubclass(cls, Configurable):
         return cls(model, **values)
-    resolved = resolve_options(component_options(cls), values, f"attack 'torchattacks:{cls.__name__}'")
-    return cls(model, **resolved)
+    return cls(model, **foreign_attack_options(cls, values))
+
+
+def foreign_attack_options(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A torchattacks attack's keyword arguments: its signature's defaults overlaid with ``values``, checked."""
+    return resolve_options(component_options(cls), values, f"attack 'torchattacks:{cls.__name__}'")
 
 
 def _normalise(name: str) -> str:

@@ -137,13 +137,12 @@ class Trainer:
             self.averages[decay] = WeightAverage(self.model, decay)
         return self.averages[decay]
 
-    def _component_list(self) -> list[Any]:
-        return [self.rectifier, self.attack, self.objective]
+    def _by_role(self) -> dict[str, Any]:
+        return {"rectifier": self.rectifier, "attack": self.attack, "objective": self.objective}
 
     def _stateful(self) -> list[tuple[str, Configurable]]:
         """Components whose state goes into checkpoints (a plain torchattacks attack has none)."""
-        roles = zip(("rectifier", "attack", "objective"), self._component_list())
-        return [(role, component) for role, component in roles if isinstance(component, Configurable)]
+        return [(role, component) for role, component in self._by_role().items() if isinstance(component, Configurable)]
 
     def _load_teacher(self) -> torch.nn.Module | None:
         needs = [c.describe() for _, c in self._stateful() if c.needs_teacher]
@@ -165,8 +164,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resolved = self.config.to_dict()
         resolved.update({role: self.components.names[role] for role in ("objective", "rectifier", "attack")})
-        resolved["options"] = {role: component.resolved_options() for role, component in
-                               self._stateful()}
+        resolved["options"] = self.components.resolved_options(self._by_role())
         self.resolved_config = resolved
         atomic_write_text(yaml.safe_dump(resolved, sort_keys=False), self.out_dir / "config.yaml")
 

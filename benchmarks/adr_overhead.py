@@ -15,14 +15,12 @@ its overhead should stay near 5% (the paper reports 2.5% on a GPU).
 from __future__ import annotations
 
 import argparse
-import pickle
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from _harness import clock_name, interleaved_times, parser, synthetic_cifar10
 
 from advkit import Progress, TrainConfig, Trainer
 
@@ -33,17 +31,6 @@ VARIANTS = {
 }
 
 
-def synthetic_cifar10(root: Path, images: int) -> None:
-    """A CIFAR-10 folder in the python-pickle layout holding random images (timings do not care)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 256, (images, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, images).tolist()}
-        (folder / name).write_bytes(pickle.dumps(batch))
-
-
 def build(variant: dict[str, object], args: argparse.Namespace, data_dir: Path, out_dir: Path) -> Trainer:
     config = TrainConfig(dataset="cifar10", data_dir=str(data_dir), model=args.model, objective="at",
                          batch_size=args.batch_size, epochs=1, val_size=args.batch_size, device=args.device,
@@ -52,13 +39,9 @@ def build(variant: dict[str, object], args: argparse.Namespace, data_dir: Path, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=7, help="timed steps per variant (after one warm-up step)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 resists other load best)")
-    args = parser.parse_args()
+    arguments = parser(__doc__.splitlines()[0], batch_size=16)
+    arguments.add_argument("--model", default="resnet18")
+    args = arguments.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,23 +51,12 @@ def main() -> None:
                     for i, (name, variant) in enumerate(VARIANTS.items())}
         x, y = next(iter(next(iter(trainers.values())).train_loader))
         progress = Progress(0, 0, 100, 10)
-        times: dict[str, list[float]] = {name: [] for name in trainers}
-        cuda = args.device.startswith("cuda")
-        clock = time.perf_counter if cuda else time.process_time
-        for repeat in range(args.repeats + 1):
-            order = list(trainers.items())
-            order = order if repeat % 2 == 0 else order[::-1]  # alternate who goes first
-            for name, trainer in order:
-                if cuda:
-                    torch.cuda.synchronize()
-                started = clock()
-                loss, _ = trainer.train_step(x, y, progress)
-                loss.item()  # wait for the step to finish (benchmark only; the trainer never syncs per step)
-                if repeat > 0:
-                    times[name].append(clock() - started)
+        # .item() waits for the step to finish (benchmark only; the trainer never syncs per step)
+        times = interleaved_times({name: (lambda t=trainer: t.train_step(x, y, progress)[0].item())
+                                   for name, trainer in trainers.items()}, args.repeats, args.device)
 
     print(f"{args.model}, 32×32, batch {args.batch_size}, PGD-10 AT step, {args.device}, {args.threads} thread(s), "
-          f"{args.repeats} interleaved steps each ({'wall' if cuda else 'CPU'} time; the minimum resists interference)")
+          f"{args.repeats} interleaved steps each ({clock_name(args.device)}; the minimum resists interference)")
     for statistic in (statistics.median, min):
         base = statistic(times["AT (onehot)"])
         print(f"  {statistic.__name__}:")

@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-from adr_overhead import synthetic_cifar10  # the sibling benchmark's random CIFAR-10 folder
+from _harness import clock_name, interleaved_times, parser, synthetic_cifar10
 
 from advkit import Progress, TrainConfig, Trainer
 
@@ -80,14 +79,10 @@ def floors(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", default="mobilenetv2")
-    parser.add_argument("--teacher", default="resnet18", help="teacher architecture (random weights)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats of everything (after one warm-up)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 resists other load best)")
-    args = parser.parse_args()
+    arguments = parser(__doc__.splitlines()[0], batch_size=8)
+    arguments.add_argument("--student", default="mobilenetv2")
+    arguments.add_argument("--teacher", default="resnet18", help="teacher architecture (random weights)")
+    args = arguments.parse_args()
     torch.set_num_threads(args.threads)
     from advkit.data import CIFAR10_INFO
     from advkit.models import build_model
@@ -107,21 +102,11 @@ def main() -> None:
             for name, trainer in trainers.items()
         }
         work.update(floors(trainers["AdaAD"], x, y, steps))
-        times: dict[str, list[float]] = {name: [] for name in work}
-        for repeat in range(args.repeats + 1):
-            for name, run in (work.items() if repeat % 2 == 0 else reversed(work.items())):
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                run()
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                if repeat > 0:
-                    times[name].append(time.perf_counter() - started)
+        times = interleaved_times(work, args.repeats, args.device)
 
     median = {name: statistics.median(samples) for name, samples in times.items()}
     print(f"student {args.student}, teacher {args.teacher}, 32×32, batch {args.batch_size}, K = {steps}, "
-          f"{args.device}, {args.threads} thread(s), median of {args.repeats} interleaved repeats")
+          f"{args.device}, {args.threads} thread(s), median {clock_name(args.device)} of {args.repeats} interleaved repeats")
     for method in ("RSLAD", "AdaAD"):
         step, floor = median[f"{method} step"], median[f"{method} floor"]
         print(f"  {method} step {1000 * step:9.1f} ms   floor {1000 * floor:9.1f} ms   step/floor ×{step / floor:.3f}")

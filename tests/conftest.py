@@ -34,3 +34,23 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.rand(8, 1, 4, 4, generator=generator)
     y = torch.randint(0, 3, (8,), generator=generator)
     return x, y
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run ``advkit ARGS`` in-process as a user would; returns (exit status, stdout, stderr)."""
+    import sys
+
+    from advkit.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["advkit", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

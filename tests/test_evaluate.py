@@ -3,12 +3,10 @@
 import dataclasses
 import json
 import math
-import sys
 
 import pytest
 import torch
 
-from advkit.cli import main
 from advkit.compat import import_autoattack
 from advkit.errors import AdvkitError, OptionError
 from advkit.testing import train_digits
@@ -27,15 +25,6 @@ EPS = 0.1
 N = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run several times faster on one thread than with intra-op threads fighting over 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
@@ -46,17 +35,6 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def setup(runs):
     return load_eval_setup(runs["target"], n_examples=N, device="cpu")
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["advkit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ------------------------------------------------------------------------------------- specs
@@ -216,11 +194,11 @@ def test_wa_flag_evaluates_the_averaged_weights(runs, setup):
     assert report["model"] == "weight-averaged" and report["accuracy"]["clean"] == pytest.approx(expected)
 
 
-def test_eval_cli_autoattack_and_pgd_with_json_and_markdown(runs, tmp_path, capsys, monkeypatch):
+def test_eval_cli_autoattack_and_pgd_with_json_and_markdown(runs, tmp_path, run_cli):
     json_path, md_path = tmp_path / "r.json", tmp_path / "r.md"
     code, out, err = run_cli(["eval", str(runs["target"]), "--attack", "autoattack", "--attack", "pgd", "--attack", "clean",
                               "--eps", "0.3", "--n-examples", "16", "--json", str(json_path), "--markdown", str(md_path),
-                              "--device", "cpu", "--quiet"], capsys, monkeypatch)
+                              "--device", "cpu", "--quiet"])
     assert code == 0, err
     report = json.loads(json_path.read_text())
     accuracy = report["accuracy"]
@@ -239,24 +217,24 @@ def test_eval_cli_autoattack_and_pgd_with_json_and_markdown(runs, tmp_path, caps
     (["--attack", "cw", "--norm", "L2", "--eps", "1"], "attack 'cw' supports --norm Linf, not L2"),
     (["--eps", "1.5"], "--eps must lie in [0, 1] for Linf"),
 ])
-def test_eval_cli_user_errors_are_one_line_exit_2(runs, extra, message, capsys, monkeypatch):
-    code, _, err = run_cli(["eval", str(runs["target"]), "--n-examples", "4", "--quiet", *extra], capsys, monkeypatch)
+def test_eval_cli_user_errors_are_one_line_exit_2(runs, extra, message, run_cli):
+    code, _, err = run_cli(["eval", str(runs["target"]), "--n-examples", "4", "--quiet", *extra])
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
-def test_eval_list_attacks_needs_no_target(capsys, monkeypatch):
-    code, out, _ = run_cli(["eval", "--list-attacks"], capsys, monkeypatch)
+def test_eval_list_attacks_needs_no_target(run_cli):
+    code, out, _ = run_cli(["eval", "--list-attacks"])
     assert code == 0
     assert "autoattack  [pyautoattack; norms Linf, L2]" in out and "    queries  int [1, inf]  default 5000" in out
 
 
-def test_plot_calibration_cli_with_ood(runs, tmp_path, capsys, monkeypatch):
+def test_plot_calibration_cli_with_ood(runs, tmp_path, run_cli):
     from advkit.data import debian_fashion_mnist_dir
 
     ood = ["--ood", "fashion-mnist"] if debian_fashion_mnist_dir() is not None else []
     code, out, err = run_cli(["plot", "calibration", str(runs["target"]), "--attack", "pgd:steps=5", "--n-examples", "64",
                               "--out-dir", str(tmp_path / "cal"), "--device", "cpu", "--json", str(tmp_path / "cal.json"),
-                              "--quiet", *ood], capsys, monkeypatch)
+                              "--quiet", *ood])
     assert code == 0, err
     report = json.loads((tmp_path / "cal.json").read_text())
     assert report["n_examples"] == 64 and report["attack_description"] == "PGD-5 (Linf, α=0.025)"

@@ -2,28 +2,17 @@
 
 import dataclasses
 import json
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-from advkit.cli import main
 from advkit.evaluate import load_eval_setup
 from advkit.sanity import CheckResult, SanitySettings, _monotone_check, gradient_check, run_sanity_checks, slack
 from advkit.testing import train_digits
 
 N = 32
 CHEAP = SanitySettings(eps_factors=(0.5, 1.0, 2.0), steps=(1, 5, 20), queries=200)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run several times faster on one thread than with intra-op threads fighting over 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -86,36 +75,25 @@ def test_monotonicity_tolerance_and_one_example_slack():
     assert _monotone_check("t", "eps", [1, 2, 3], [0.5, 0.4, 0.41], 0.02, str).passed
 
 
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["advkit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, capsys.readouterr()
-
-
-def test_sanity_cli_reports_and_exit_status(run_dir, tmp_path, capsys, monkeypatch):
+def test_sanity_cli_reports_and_exit_status(run_dir, tmp_path, run_cli, monkeypatch):
     import advkit.sanity
 
     failing = CheckResult("unbounded attack", False, "accuracy 40.00% (expected ≤ 1.00%)", {"accuracy": 0.4})
     monkeypatch.setattr(advkit.sanity, "run_sanity_checks", lambda *args, **kwargs: [failing])
-    code, captured = run_cli(["sanity", str(run_dir), "--n-examples", "8", "--quiet", "--device", "cpu",
-                              "--json", str(tmp_path / "s.json"), "--markdown", str(tmp_path / "s.md")],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(["sanity", str(run_dir), "--n-examples", "8", "--quiet", "--device", "cpu",
+                              "--json", str(tmp_path / "s.json"), "--markdown", str(tmp_path / "s.md")])
     assert code == 1
-    assert "FAIL  unbounded attack  accuracy 40.00%" in captured.out and "1 of 1 checks failed" in captured.out
+    assert "FAIL  unbounded attack  accuracy 40.00%" in out and "1 of 1 checks failed" in out
     report = json.loads((tmp_path / "s.json").read_text())
     assert report["passed"] is False and report["checks"][0]["numbers"] == {"accuracy": 0.4}
     assert "| unbounded attack | **FAIL** |" in (tmp_path / "s.md").read_text()
 
 
-def test_sanity_cli_passes_on_an_honest_model(run_dir, tmp_path, capsys, monkeypatch):
-    code, captured = run_cli(["sanity", str(run_dir), "--n-examples", str(N), "--queries", "200", "--quiet",
-                              "--device", "cpu", "--json", str(tmp_path / "s.json")], capsys, monkeypatch)
-    assert code == 0, captured.out + captured.err
-    assert captured.out.count("PASS") == 5 and "all checks passed" in captured.out
+def test_sanity_cli_passes_on_an_honest_model(run_dir, tmp_path, run_cli):
+    code, out, err = run_cli(["sanity", str(run_dir), "--n-examples", str(N), "--queries", "200", "--quiet",
+                              "--device", "cpu", "--json", str(tmp_path / "s.json")])
+    assert code == 0, out + err
+    assert out.count("PASS") == 5 and "all checks passed" in out
     checks = {check["name"].split(" (")[0]: check for check in json.loads((tmp_path / "s.json").read_text())["checks"]}
     assert checks["unbounded attack"]["numbers"]["accuracy"] <= 0.01
     accuracies = checks["accuracy vs ε"]["numbers"]["accuracy"]

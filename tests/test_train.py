@@ -45,6 +45,16 @@ def test_config_yaml_reruns_the_same_run(tmp_path):
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
+def test_config_yaml_records_a_torchattacks_attacks_arguments(tmp_path):
+    config = digits_config(epochs=1, objective="at", attack="torchattacks:PGD", options={"attack": {"steps": "2"}})
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["attack"] == "torchattacks:PGD"
+    # the signature's defaults are written too, so the file alone re-runs the same attack
+    assert saved["options"]["attack"] == {"eps": 0.1, "alpha": pytest.approx(2 / 255), "steps": 2,
+                                          "random_start": True}
+
+
 def test_resume_continues_exactly(tmp_path):
     config = digits_config(epochs=3, objective="at", wa=0.9)
     Trainer(config, tmp_path / "straight", progress=False).fit()

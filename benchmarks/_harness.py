@@ -1,0 +1,61 @@
+"""What every benchmark here shares: a random CIFAR-10 folder, the common flags, and interleaved timing.
+
+Interleaving (every measured thing runs once per round, the order reversed on odd rounds) makes drifting
+load on a shared machine hit all measurements alike, so the printed ratios stay meaningful. On a CPU the
+clock is this process's CPU time (other processes do not inflate it); on a GPU it is wall time between
+synchronisations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def synthetic_cifar10(root: Path, images: int) -> None:
+    """A CIFAR-10 folder in the python-pickle layout holding random images (timings do not care)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (images, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, images).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+
+def parser(description: str, batch_size: int) -> argparse.ArgumentParser:
+    """The flags all benchmarks take; each script adds its own model flags."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 resists other load best)")
+    return parser
+
+
+def interleaved_times(work: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, list[float]]:
+    """Seconds per call of each callable over ``repeats`` interleaved rounds, after one untimed warm-up round."""
+    cuda = device.startswith("cuda")
+    clock = time.perf_counter if cuda else time.process_time
+    times: dict[str, list[float]] = {name: [] for name in work}
+    for repeat in range(repeats + 1):
+        for name, run in (list(work.items()) if repeat % 2 == 0 else list(reversed(work.items()))):
+            if cuda:
+                torch.cuda.synchronize()
+            started = clock()
+            run()
+            if cuda:
+                torch.cuda.synchronize()
+            if repeat > 0:
+                times[name].append(clock() - started)
+    return times
+
+
+def clock_name(device: str) -> str:
+    return "wall time" if device.startswith("cuda") else "CPU time"
