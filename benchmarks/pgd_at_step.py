@@ -1,8 +1,8 @@
 """One advkit PGD-10 AT step against the bare model work it cannot avoid, measured side by side.
 
-The floor is built from the same network, batch and optimizer: 10 × (forward + input backward, BatchNorm
-in eval mode, no weight gradients) for the attack, then forward + full backward + SGD step for the
-update. advkit's step (``Trainer.train_step`` with ``--objective at``) adds the attack's bookkeeping
+The floor is built from the same network, batch and optimizer: 10 × (forward + input backward, no weight
+gradients, BatchNorm in the attack's mode: train, batch statistics, for PGD-AT) for the attack, then
+forward + full backward + SGD step for the update. advkit's step (``Trainer.train_step`` with ``--objective at``) adds the attack's bookkeeping
 (random start, sign step, projection, clamping), the rectifier's targets and the loss; the goal is a
 ratio of at most 1.05. Both run interleaved on a synthetic CIFAR-10 batch (no download).
 
@@ -26,7 +26,7 @@ GOAL = 1.05
 def floor(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
     """The model work of one PGD-K AT step and nothing else."""
     model, optimizer = trainer.model, trainer.optimizer
-    model.eval().requires_grad_(False)
+    model.train(trainer.attack.bn_mode == "train").requires_grad_(False)
     z = x.clone().requires_grad_(True)
     for _ in range(steps):
         torch.autograd.grad(model(z).logsumexp(1).sum(), z)
