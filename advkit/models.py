@@ -73,7 +73,8 @@ class BasicBlock(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation residual block (He et al. 2016); the projection shortcut reads the activated input."""
+    """Pre-activation residual block (He et al. 2016) of PreActResNet and WideResNet; the projection shortcut
+    reads the activated input."""
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -128,25 +129,6 @@ class ResNet(nn.Module):
 
 # --- WideResNet (TRADES / RobustBench style, pre-activation) -------------------------------------------------
 
-class WideBlock(nn.Module):
-    """Pre-activation WRN block; when the width changes the 1×1 shortcut reads the activated input."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.equal_in_out = in_planes == planes and stride == 1
-        self.shortcut = None if self.equal_in_out else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv2(torch.relu(self.bn2(self.conv1(out))))
-        return out + skip
-
-
 class WideResNet(nn.Module):
     """WRN-depth-width: 16-channel stem, three stages of (depth-4)/6 blocks at 16k/32k/64k channels."""
 
@@ -157,7 +139,7 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False)
         stages = []
         for i, stride in enumerate((1, 2, 2)):
-            blocks = [WideBlock(channels[i] if j == 0 else channels[i + 1], channels[i + 1], stride if j == 0 else 1)
+            blocks = [PreActBlock(channels[i] if j == 0 else channels[i + 1], channels[i + 1], stride if j == 0 else 1)
                       for j in range(n)]
             stages.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = stages

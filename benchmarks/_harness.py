@@ -17,6 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from advkit import TrainConfig, Trainer
+
 
 def synthetic_cifar10(root: Path, images: int) -> None:
     """A CIFAR-10 folder in the python-pickle layout holding random images (timings do not care)."""
@@ -37,6 +39,23 @@ def parser(description: str, batch_size: int) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 resists other load best)")
     return parser
+
+
+def parse_args(arguments: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the flags and apply ``--threads``."""
+    args = arguments.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def synthetic_trainer(root: Path, name: str, args: argparse.Namespace, **settings: object) -> Trainer:
+    """A one-epoch Trainer on a random CIFAR-10 folder under ``root`` (written on first use)."""
+    data = root / "data"
+    if not data.exists():
+        synthetic_cifar10(data, images=2 * args.batch_size)
+    config = TrainConfig(dataset="cifar10", data_dir=str(data), batch_size=args.batch_size, epochs=1,
+                         val_size=args.batch_size, device=args.device, seed=0, **settings)
+    return Trainer(config, root / name, progress=False)
 
 
 def interleaved_times(work: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, list[float]]:

@@ -14,15 +14,13 @@ its overhead should stay near 5% (the paper reports 2.5% on a GPU).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
 
-import torch
-from _harness import clock_name, interleaved_times, parser, synthetic_cifar10
+from _harness import clock_name, interleaved_times, parse_args, parser, synthetic_trainer
 
-from advkit import Progress, TrainConfig, Trainer
+from advkit import Progress
 
 VARIANTS = {
     "AT (onehot)": {"rectifier": "onehot"},
@@ -31,23 +29,13 @@ VARIANTS = {
 }
 
 
-def build(variant: dict[str, object], args: argparse.Namespace, data_dir: Path, out_dir: Path) -> Trainer:
-    config = TrainConfig(dataset="cifar10", data_dir=str(data_dir), model=args.model, objective="at",
-                         batch_size=args.batch_size, epochs=1, val_size=args.batch_size, device=args.device,
-                         seed=0, **variant)
-    return Trainer(config, out_dir, progress=False)
-
-
 def main() -> None:
     arguments = parser(__doc__.splitlines()[0], batch_size=16)
     arguments.add_argument("--model", default="resnet18")
-    args = arguments.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(arguments)
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        synthetic_cifar10(root / "data", images=2 * args.batch_size)
-        trainers = {name: build(variant, args, root / "data", root / f"run{i}")
+        trainers = {name: synthetic_trainer(Path(tmp), f"run{i}", args, model=args.model, objective="at", **variant)
                     for i, (name, variant) in enumerate(VARIANTS.items())}
         x, y = next(iter(next(iter(trainers.values())).train_loader))
         progress = Progress(0, 0, 100, 10)

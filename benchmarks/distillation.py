@@ -21,23 +21,15 @@ with their ratios.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
-from _harness import clock_name, interleaved_times, parser, synthetic_cifar10
+from _harness import clock_name, interleaved_times, parse_args, parser, synthetic_trainer
 
-from advkit import Progress, TrainConfig, Trainer
-
-
-def build(objective: str, args: argparse.Namespace, data_dir: Path, teacher: Path, out_dir: Path) -> Trainer:
-    config = TrainConfig(dataset="cifar10", data_dir=str(data_dir), model=args.student, objective=objective,
-                         teacher=str(teacher), teacher_arch=args.teacher, batch_size=args.batch_size, epochs=1,
-                         val_size=args.batch_size, device=args.device, seed=0)
-    return Trainer(config, out_dir, progress=False)
+from advkit import Progress, Trainer
 
 
 def floors(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, Callable[[], object]]:
@@ -82,17 +74,15 @@ def main() -> None:
     arguments = parser(__doc__.splitlines()[0], batch_size=8)
     arguments.add_argument("--student", default="mobilenetv2")
     arguments.add_argument("--teacher", default="resnet18", help="teacher architecture (random weights)")
-    args = arguments.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(arguments)
     from advkit.data import CIFAR10_INFO
     from advkit.models import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        synthetic_cifar10(root / "data", images=2 * args.batch_size)
-        teacher_file = root / "teacher.pt"
+        teacher_file = Path(tmp) / "teacher.pt"
         torch.save(build_model(args.teacher, CIFAR10_INFO).state_dict(), teacher_file)
-        trainers = {name: build(name.lower(), args, root / "data", teacher_file, root / name)
+        trainers = {name: synthetic_trainer(Path(tmp), name, args, model=args.student, objective=name.lower(),
+                                            teacher=str(teacher_file), teacher_arch=args.teacher)
                     for name in ("RSLAD", "AdaAD")}
         x, y = next(iter(trainers["RSLAD"].train_loader))
         steps = trainers["RSLAD"].attack.steps

@@ -2,9 +2,9 @@
 
 The floor is built from the same network, batch and optimizer: 10 × (forward + input backward, no weight
 gradients, BatchNorm in the attack's mode: train, batch statistics, for PGD-AT) for the attack, then
-forward + full backward + SGD step for the update. advkit's step (``Trainer.train_step`` with ``--objective at``) adds the attack's bookkeeping
-(random start, sign step, projection, clamping), the rectifier's targets and the loss; the goal is a
-ratio of at most 1.05. Both run interleaved on a synthetic CIFAR-10 batch (no download).
+forward + full backward + SGD step for the update. advkit's step (``Trainer.train_step`` with
+``--objective at``) adds the attack's bookkeeping (random start, sign step, projection, clamping, model
+state saved and restored), the rectifier's targets and the loss; the goal is a ratio of at most 1.05. Both run interleaved on a synthetic CIFAR-10 batch (no download).
 
     python benchmarks/pgd_at_step.py [--model resnet18] [--batch-size 16] [--repeats 7] [--device cpu]
 """
@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _harness import clock_name, interleaved_times, parser, synthetic_cifar10
+from _harness import clock_name, interleaved_times, parse_args, parser, synthetic_trainer
 
-from advkit import Progress, TrainConfig, Trainer
+from advkit import Progress, Trainer
 
 GOAL = 1.05
 
@@ -41,16 +41,10 @@ def floor(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> Non
 def main() -> None:
     arguments = parser(__doc__.splitlines()[0], batch_size=16)
     arguments.add_argument("--model", default="resnet18")
-    args = arguments.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(arguments)
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        synthetic_cifar10(root / "data", images=2 * args.batch_size)
-        config = TrainConfig(dataset="cifar10", data_dir=str(root / "data"), model=args.model, objective="at",
-                             batch_size=args.batch_size, epochs=1, val_size=args.batch_size, device=args.device,
-                             seed=0)
-        trainer = Trainer(config, root / "run", progress=False)
+        trainer = synthetic_trainer(Path(tmp), "run", args, model=args.model, objective="at")
         x, y = (tensor.to(trainer.device) for tensor in next(iter(trainer.train_loader)))
         steps = trainer.attack.steps
         progress = Progress(0, 0, 100, 10)
