@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -72,14 +73,20 @@ def test_resume_gives_the_same_targets_as_an_uninterrupted_run(tmp_path: Path) -
         assert torch.equal(value, resumed.rectifier.average.model.state_dict()[key]), key
 
 
-def test_cli_trains_at_with_adr_wa_and_official_awp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_trains_at_with_adr_wa_and_official_awp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     args = ["advkit", "train", "--dataset", "digits", "--model", "small-cnn", "--objective", "at", "--rectifier", "adr",
-            "--wa", "0.995", "--awp", "0.01", "--eps", "0.1", "--epochs", "1", "--batch-size", "128", "--val-size", "100",
-            "--val-steps", "1", "-o", "attack.steps=2", "--out", str(tmp_path / "run"), "--quiet"]
+            "--wa", "0.995", "--select", "wa", "--awp", "0.01", "--eps", "0.1", "--epochs", "1", "--batch-size", "128",
+            "--val-size", "100", "--val-steps", "1", "-o", "attack.steps=2", "--out", str(tmp_path / "run"), "--quiet"]
     monkeypatch.setattr("sys.argv", args)
     main()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert (saved["awp"], saved["awp_variant"], saved["wa"]) == (0.01, "official", 0.995)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    summary = capsys.readouterr().out.splitlines()[-1]
+    # the summary reports the model that selected best.pt: the weight average
+    assert "(weight-averaged model)" in summary
+    assert f"clean {100 * record['val_wa_clean_acc']:.2f}%" in summary
 
 
 @pytest.mark.parametrize(("option", "message"), [
