@@ -77,10 +77,6 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
     return ReliabilityBins(edges, count, mean_conf, mean_acc)
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    return reliability_bins(probs, labels, n_bins).ece
-
-
 @dataclass
 class OutputAnalysis:
     """Softmax outputs on clean, adversarial and (optionally) out-of-distribution inputs, plus their numbers."""

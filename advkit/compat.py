@@ -25,7 +25,7 @@ def _install_pkg_resources_shim() -> None:
         module = importlib.import_module(package)
         return os.path.join(os.path.dirname(module.__file__ or ""), resource)
 
-    def fixup_namespace_packages(path_item: str, parent: str | None = None) -> None:
+    def fixup_namespace_packages(*_: object) -> None:
         """Called by tools that see ``pkg_resources`` loaded (pytest's ``syspath_prepend``); nothing to fix."""
 
     shim.resource_filename = resource_filename  # type: ignore[attr-defined]

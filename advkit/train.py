@@ -234,12 +234,6 @@ class Trainer:
             tqdm.write(_format_record(record, config.epochs), file=None)
         return self.history
 
-    def selected_model(self) -> torch.nn.Module:
-        """The model that validation and best.pt selection use (the averaged one under ``--select wa``)."""
-        if self.config.select == "wa":
-            return self.averages[self.config.wa].model
-        return self.model
-
     def validate(self) -> dict[str, float]:
         """Clean and PGD accuracy on the held-out validation split (never the test set)."""
         results: dict[str, float] = {}

@@ -10,7 +10,6 @@ import torch
 from advkit.analysis import (
     OutputAnalysis,
     entropy,
-    expected_calibration_error,
     js_divergence,
     match_input_shape,
     reliability_bins,
@@ -45,7 +44,7 @@ def test_ece_and_bins_hand_values():
     assert torch.allclose(bins.confidence, torch.tensor([0.425, 0.85], dtype=torch.float64))
     assert torch.allclose(bins.accuracy, torch.tensor([0.5, 0.5], dtype=torch.float64))
     # ½·|0.5 − 0.425| + ½·|0.5 − 0.85|
-    assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.2125)
+    assert reliability_bins(probs, labels, n_bins=2).ece == pytest.approx(0.2125)
 
 
 def test_bins_are_right_closed_and_empty_bins_do_not_count():

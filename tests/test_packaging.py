@@ -41,3 +41,17 @@ def test_official_autoattack_is_importable():
 def test_requests_is_not_the_torchattacks_pin():
     major, minor = (int(part) for part in metadata.version("requests").split(".")[:2])
     assert (major, minor) >= (2, 31)
+
+
+def test_shimmed_pkg_resources_keeps_pytest_syspath_prepend_working(monkeypatch, tmp_path):
+    """Once the shim is in sys.modules, tools that see pkg_resources call fixup_namespace_packages on it."""
+    import sys
+
+    import_robustbench()
+    (tmp_path / "advkit_probe_module.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # calls pkg_resources.fixup_namespace_packages when loaded
+    assert "pkg_resources" in sys.modules
+    import advkit_probe_module
+
+    assert advkit_probe_module.VALUE == 7
+    sys.modules.pop("advkit_probe_module")
