@@ -421,8 +421,12 @@ def plugins_show(name: str) -> None:
 def main() -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="advkit", standalone_mode=False)
     except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # one line, like advkit's own errors, pointing at the right --help
+        command = exc.ctx.command_path if exc.ctx is not None else "advkit"
+        click.echo(f"advkit: error: {exc.format_message().rstrip('.')} (see {command} --help)", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()

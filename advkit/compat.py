@@ -2,7 +2,8 @@
 
 robustbench 1.1.1 imports ``pkg_resources`` (removed from setuptools 82) and a module ``autoattack``,
 while its dependency ``pyautoattack`` installs the module ``pyautoattack``. ``import_robustbench()``
-installs two small aliases first, then imports it.
+installs two small aliases first, then imports it. robustbench and timm import deprecated torch APIs;
+their warnings are hidden here so that CLI output stays readable.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib.util
 import os
 import sys
 import types
+import warnings
 from typing import Any
 
 
@@ -42,11 +44,23 @@ def _alias_autoattack() -> None:
     sys.modules["autoattack.state"] = importlib.import_module("pyautoattack.state")
 
 
+def _quietly_import(name: str) -> Any:
+    """Import ``name`` hiding the deprecation warnings its own imports raise under current torch/timm."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+        return importlib.import_module(name)
+
+
 def import_robustbench() -> Any:
     """``import robustbench`` after the shims; returns the module."""
     _install_pkg_resources_shim()
     _alias_autoattack()
-    return importlib.import_module("robustbench")
+    return _quietly_import("robustbench")
+
+
+def import_timm() -> Any:
+    """``import timm`` without the torch.jit deprecation warning it triggers (noise in CLI output)."""
+    return _quietly_import("timm")
 
 
 def import_autoattack() -> Any:

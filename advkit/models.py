@@ -245,7 +245,9 @@ def parse_wrn(name: str) -> tuple[int, int]:
 
 def _build_timm(name: str, in_channels: int, num_classes: int) -> nn.Module:
     """A timm architecture with random weights (``pretrained=False``: nothing is downloaded)."""
-    import timm
+    from .compat import import_timm
+
+    timm = import_timm()
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=1)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import difflib
 import os
 import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_trained_model, safe_load
-from .compat import import_robustbench
+from .compat import import_robustbench, import_timm
 from .errors import AdvkitError
 from .models import NormalizedModel, build_model
 
@@ -93,10 +92,8 @@ def robustbench_checkpoint_paths(cache: Path, dataset: str, threat: str, name: s
 
 
 def _robustbench_teacher(rest: str, info: Any, cache: Path, download: bool) -> nn.Module:
-    with warnings.catch_warnings():  # robustbench's imports warn about deprecated torch/timm APIs it uses
-        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
-        import_robustbench()
-    import timm
+    import_robustbench()
+    timm = import_timm()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     from robustbench.utils import load_model
@@ -156,7 +153,7 @@ def _robustbench_teacher(rest: str, info: Any, cache: Path, download: bool) -> n
 # --------------------------------------------------------------------------------------------- timm
 def _timm_pretrained(name: str, spec: str) -> nn.Module:
     """timm's pretrained weights, fed with the normalisation they were trained with."""
-    import timm
+    timm = import_timm()
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)

@@ -78,3 +78,15 @@ def test_eval_missing_and_corrupt_checkpoints(run_cli, tmp_path):
 def test_eval_unknown_attack_fails_before_work(run_cli, tmp_path):
     code, _, err = run_cli(["eval", str(tmp_path), "--attack", "pgdd"])
     assert code == 2 and "pgdd" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epochs", "abc"], "Invalid value for '--epochs': 'abc' is not a valid integer (see advkit train --help)"),
+    (["train", "--bogus"], "No such option '--bogus'"),
+    (["evall"], "No such command 'evall'. Did you mean 'eval'? (see advkit --help)"),
+    (["eval"], "Missing argument 'TARGET' (see advkit eval --help)"),
+])
+def test_click_usage_errors_are_one_line_exit_2(args, message, run_cli):
+    code, out, err = run_cli(args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("advkit: error: ") and message in err, err
