@@ -105,14 +105,14 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
           lr_milestones: str | None, **flags: Any) -> None:
     """Train a model; writes config.yaml, metrics.jsonl, last.pt and best.pt into the run directory."""
     from .config import TrainConfig, load_config_file, merge_options, parse_option_flags
-    from .train import Trainer, config_of_run
+    from .train import Trainer
 
     given = {key: value for key, value in flags.items() if value is not None}
     if resume:
         extra = sorted(set(given) | ({"options"} if options else set()) | ({"config"} if config_file else set()))
         if extra:
             raise AdvkitError(f"--resume takes the settings from {resume}/config.yaml; drop --{extra[0].replace('_', '-')}")
-        trainer = Trainer(config_of_run(resume), resume, resume=True, progress=not quiet)
+        trainer = Trainer.resume_run(resume, progress=not quiet)
     else:
         config = load_config_file(config_file) if config_file else TrainConfig()
         for key, value in given.items():

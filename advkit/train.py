@@ -130,6 +130,11 @@ class Trainer:
         else:
             self._prepare_out_dir()
 
+    @classmethod
+    def resume_run(cls, run_dir: str | Path, *, registry: Registry | None = None, progress: bool = True) -> "Trainer":
+        """The stopped run in ``run_dir``, ready to ``fit()`` on from its ``last.pt`` with its ``config.yaml``."""
+        return cls(config_of_run(run_dir), run_dir, registry=registry, resume=True, progress=progress)
+
     # ----------------------------------------------------------------------------------------- set-up
     def weight_average(self, decay: float) -> WeightAverage:
         """The run's EMA copy of the model with this decay, created on first request and shared."""

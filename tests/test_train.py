@@ -8,7 +8,7 @@ import yaml
 
 from advkit import AdvkitError, TrainConfig, Trainer
 from advkit.config import load_config_file
-from advkit.train import config_of_run, learning_rate
+from advkit.train import learning_rate
 
 
 def digits_config(**overrides):
@@ -59,7 +59,7 @@ def test_resume_continues_exactly(tmp_path):
     config = digits_config(epochs=3, objective="at", wa=0.9)
     Trainer(config, tmp_path / "straight", progress=False).fit()
     Trainer(digits_config(epochs=3, objective="at", wa=0.9), tmp_path / "stopped", progress=False).fit(stop_after_epoch=1)
-    resumed = Trainer(config_of_run(tmp_path / "stopped"), tmp_path / "stopped", resume=True, progress=False)
+    resumed = Trainer.resume_run(tmp_path / "stopped", progress=False)
     assert resumed.start_epoch == 1
     resumed.fit()
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)

@@ -12,8 +12,6 @@ import yaml
 
 from advkit import Progress, StepContext, TrainConfig, Trainer
 from advkit.cli import main
-from advkit.registry import default_registry
-from advkit.train import config_of_run
 
 
 def _config(**overrides: object) -> TrainConfig:
@@ -66,7 +64,7 @@ def test_resume_gives_the_same_targets_as_an_uninterrupted_run(tmp_path: Path) -
     straight = Trainer(_config(epochs=2), tmp_path / "straight", progress=False)
     straight.fit()
     Trainer(_config(epochs=2), tmp_path / "stopped", progress=False).fit(stop_after_epoch=1)
-    resumed = Trainer(config_of_run(tmp_path / "stopped"), tmp_path / "stopped", resume=True, progress=False)
+    resumed = Trainer.resume_run(tmp_path / "stopped", progress=False)
     resumed.fit()
     assert torch.equal(_probe(straight), _probe(resumed))
     for key, value in straight.rectifier.average.model.state_dict().items():
@@ -106,6 +104,9 @@ def test_cli_rejects_invalid_adr_options_in_one_line(tmp_path: Path, monkeypatch
     assert not (tmp_path / "run").exists()
 
 
-def test_adr_is_registered_by_its_own_distribution() -> None:
-    entry = default_registry().find("rectifier", "adr")
-    assert entry.distribution == "advkit-adr"
+def test_adr_is_listed_under_its_own_distribution(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["advkit", "plugins"])
+    main()
+    listing = {tuple(line.split()[:3]) for line in capsys.readouterr().out.splitlines()}
+    assert ("rectifier", "adr", "advkit-adr") in listing
