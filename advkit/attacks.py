@@ -85,6 +85,7 @@ def sign_ascent(
 
 
 def eps_option(default: float = 8 / 255) -> Option:
+    """The ε option every ℓ∞ attack declares, so ``--eps`` reaches all of them the same way."""
     return Option("eps", float, default, "ℓ∞ radius in [0, 1] pixel units (8/255 accepted)", low=0.0, high=1.0)
 
 

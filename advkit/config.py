@@ -130,6 +130,7 @@ def config_from_mapping(data: Mapping[str, Any], source: str) -> TrainConfig:
 
 
 def load_config_file(path: str | Path) -> TrainConfig:
+    """A ``--config`` YAML file (or a run's ``config.yaml``) as a TrainConfig, with one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise AdvkitError(f"config file not found: {path}")
@@ -171,6 +172,7 @@ def parse_option_flags(flags: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 
 
 def merge_options(base: Mapping[str, Mapping[str, Any]], override: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Option values of ``override`` win key by key (``-o`` flags over a YAML file's ``options``)."""
     merged = {prefix: dict(values) for prefix, values in base.items()}
     for prefix, values in override.items():
         merged.setdefault(prefix, {}).update(values)

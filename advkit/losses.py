@@ -13,6 +13,7 @@ KL_REDUCTIONS = ("sum", "batchmean", "elem-mean")
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Hard labels as float32 B×C targets, the form every rectifier returns."""
     return F.one_hot(labels, num_classes).to(torch.float32)
 
 

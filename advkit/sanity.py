@@ -208,6 +208,7 @@ def format_checks(results: list[CheckResult], header: str) -> str:
 
 
 def format_checks_markdown(results: list[CheckResult], header: str) -> str:
+    """The checks as a Markdown table, for reports next to ``advkit eval --markdown`` output."""
     lines = [f"**{header}**", "", "| check | result | measured |", "|---|---|---|"]
     lines += [f"| {r.name} | {'pass' if r.passed else '**FAIL**'} | {r.summary} |" for r in results]
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ CHECKPOINT_FORMAT = "advkit-checkpoint-1"
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present; asking for CUDA where there is none is a user error, not a crash."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
