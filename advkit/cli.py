@@ -127,8 +127,8 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
     history = trainer.fit()
     if history:
         best = trainer.best
-        prefix = "val_wa" if trainer.config.select == "wa" else "val"
-        which = " (weight-averaged model)" if trainer.config.select == "wa" else ""
+        by_average = trainer.config.select == "wa"  # best.pt was picked by the weight-averaged model
+        prefix, which = ("val_wa", " (weight-averaged model)") if by_average else ("val", "")
         click.echo(f"done: {trainer.out_dir}{which}  best val robust {100 * best['val_robust_acc']:.2f}% "
                    f"(epoch {best['epoch']}), last val robust {100 * history[-1][f'{prefix}_robust_acc']:.2f}%, "
                    f"clean {100 * history[-1][f'{prefix}_clean_acc']:.2f}%")
