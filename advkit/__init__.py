@@ -24,7 +24,7 @@ from .distillation import (
     introspection_kl,
 )
 from .errors import AdvkitError, OptionError, PluginError
-from .losses import KL_REDUCTIONS, cw_margin, kl_divergence, one_hot, soft_cross_entropy
+from .losses import KL_REDUCTIONS, cw_margin, kl_divergence, kl_divergence_logits, one_hot, soft_cross_entropy
 from .options import Option, Schedule
 
 __version__ = "0.1.0"
@@ -54,6 +54,7 @@ __all__ = [
     "frozen_for_attack",
     "introspection_kl",
     "kl_divergence",
+    "kl_divergence_logits",
     "one_hot",
     "project",
     "sign_ascent",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .components import StepContext
-from .losses import KL_REDUCTIONS, kl_divergence, soft_cross_entropy
+from .losses import KL_REDUCTIONS, kl_divergence_logits, soft_cross_entropy
 from .options import Option
 
 
@@ -24,8 +24,7 @@ def distillation_kl(
     The τ² keeps the gradient's scale independent of τ; the ARD, IAD and AdaIAD codes all multiply by
     it, and at τ = 1 it is plain KL.
     """
-    target = torch.softmax(teacher_logits / temperature, dim=1)
-    return temperature**2 * kl_divergence(target, student_logits / temperature, reduction)
+    return temperature**2 * kl_divergence_logits(teacher_logits / temperature, student_logits / temperature, reduction)
 
 
 def introspection_kl(
@@ -35,11 +34,12 @@ def introspection_kl(
     """IAD's self-introspection term: mean_i (1 − w_i)·KL(P_S(x_i) ‖ P_S(x′_i)), w_i = P_T(x′_i)[y_i]^β.
 
     Where the teacher is unreliable on x′ (low w_i) the student leans on its own clean prediction
-    instead. As in the official IAD code the target P_S(x) is not detached. Vectorised: no per-sample
+    instead. As in the official IAD code the target P_S(x) is not detached (so the KL is computed from
+    log-probabilities, whose gradient stays finite at extreme logits). Vectorised: no per-sample
     loop and no host synchronisation (the official AdaIAD code reads two ``.item()`` per sample).
     """
     reliability = torch.softmax(teacher_adv_logits, dim=1).gather(1, labels[:, None]).squeeze(1).pow(beta)
-    per_sample = kl_divergence(torch.softmax(clean_logits, dim=1), adv_logits, reduction="none")
+    per_sample = kl_divergence_logits(clean_logits, adv_logits, reduction="none")
     return ((1.0 - reliability) * per_sample).mean()
 
 

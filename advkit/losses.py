@@ -30,18 +30,41 @@ def soft_cross_entropy(
 def kl_divergence(
     target_probs: torch.Tensor, logits: torch.Tensor, reduction: str = "batchmean"
 ) -> torch.Tensor:
-    """KL(target_probs ‖ softmax(logits)); 0·log 0 counts as 0."""
-    log_q = F.log_softmax(logits, dim=1)
-    total = F.kl_div(log_q, target_probs, reduction="none")
+    """KL(target_probs ‖ softmax(logits)); 0·log 0 counts as 0.
+
+    For targets that carry no gradient (rectifier targets, detached teacher outputs). When the target
+    is itself a softmax that gradients flow through, use :func:`kl_divergence_logits`: the gradient of
+    p·log p is −inf at a probability that underflowed to 0, which turns into NaN.
+    """
+    total = F.kl_div(F.log_softmax(logits, dim=1), target_probs, reduction="none")
+    return _reduce_kl(total, reduction)
+
+
+def kl_divergence_logits(
+    target_logits: torch.Tensor, logits: torch.Tensor, reduction: str = "batchmean"
+) -> torch.Tensor:
+    """KL(softmax(target_logits) ‖ softmax(logits)), computed from log-probabilities on both sides.
+
+    Equal in value to ``kl_divergence(softmax(target_logits), logits)``, but its gradient stays finite
+    with respect to both arguments at any logits: log p comes from ``log_softmax`` (finite even where p
+    underflows to 0), so the p = 0 terms contribute 0 instead of 0·(−inf).
+    """
+    log_p = F.log_softmax(target_logits, dim=1)
+    total = F.kl_div(F.log_softmax(logits, dim=1), log_p, reduction="none", log_target=True)
+    return _reduce_kl(total, reduction)
+
+
+def _reduce_kl(total: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce elementwise KL terms (B×C) by one of ``KL_REDUCTIONS`` or ``none`` (per sample)."""
     if reduction == "none":
         return total.sum(dim=1)
     summed = total.sum()
     if reduction == "sum":
         return summed
     if reduction == "batchmean":
-        return summed / logits.shape[0]
+        return summed / total.shape[0]
     if reduction == "elem-mean":
-        return summed / logits.numel()
+        return summed / total.numel()
     raise ValueError(f"unknown KL reduction '{reduction}', expected one of {', '.join(KL_REDUCTIONS)}")
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from advkit import Attack, Option, common_attack_options, eps_option, kl_divergence, sign_ascent
+from advkit import Attack, Option, common_attack_options, eps_option, kl_divergence_logits, sign_ascent
 from advkit.attacks import BN_MODES, START_POINTS
 from advkit.losses import cw_margin, soft_cross_entropy
 
@@ -66,9 +66,9 @@ class TradesKL(Attack):
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         images = images.detach()
         with torch.no_grad():
-            clean_probs = torch.softmax(self.get_logits(images), dim=1)
+            clean_logits = self.get_logits(images)
         return sign_ascent(
-            images, lambda z: kl_divergence(clean_probs, self.get_logits(z), reduction="sum"),
+            images, lambda z: kl_divergence_logits(clean_logits, self.get_logits(z), reduction="sum"),
             eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start,
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from advkit import KL_REDUCTIONS, Objective, Option, StepContext, kl_divergence, soft_cross_entropy
+from advkit import KL_REDUCTIONS, Objective, Option, StepContext, kl_divergence_logits, soft_cross_entropy
 
 
 class Standard(Objective):
@@ -32,7 +32,8 @@ class Trades(Objective):
     """TRADES: CE(S(x), targets) + β·KL(P_S(x) ‖ P_S(x')).
 
     As in the official code the KL target P_S(x) is not detached (gradients flow through both
-    branches) and the KL is batchmean. ``concat`` runs x and x' as one 2B batch (ADR's variant:
+    branches) and the KL is batchmean; it is computed from log-probabilities so that its gradient stays
+    finite where a clean probability underflows to 0. ``concat`` runs x and x' as one 2B batch (ADR's variant:
     BatchNorm statistics over both halves).
     """
 
@@ -49,5 +50,5 @@ class Trades(Objective):
         else:
             logits_clean, logits_adv = ctx.model(ctx.x), ctx.model(ctx.x_adv)
         ctx.logits_for_accuracy = logits_adv
-        robust = kl_divergence(torch.softmax(logits_clean, dim=1), logits_adv, self.kl_reduction)
+        robust = kl_divergence_logits(logits_clean, logits_adv, self.kl_reduction)
         return soft_cross_entropy(logits_clean, ctx.targets) + self.beta * robust

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advkit import Objective, Option, StepContext, kl_divergence, one_hot
+from advkit import Objective, Option, StepContext, kl_divergence_logits, one_hot
 
 
 def boosted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,6 @@ class Mart(Objective):
         logits_adv = ctx.model(ctx.x_adv)
         logits_clean = ctx.model(ctx.x)
         ctx.logits_for_accuracy = logits_adv
-        clean_probs = torch.softmax(logits_clean, dim=1)
-        true_prob = clean_probs.gather(1, ctx.y[:, None]).squeeze(1)
-        kl = kl_divergence(clean_probs, logits_adv, reduction="none")
+        true_prob = torch.softmax(logits_clean, dim=1).gather(1, ctx.y[:, None]).squeeze(1)
+        kl = kl_divergence_logits(logits_clean, logits_adv, reduction="none")
         return boosted_cross_entropy(logits_adv, ctx.y) + self.beta * (kl * (1.0 - true_prob)).mean()

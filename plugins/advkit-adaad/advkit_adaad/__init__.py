@@ -27,7 +27,7 @@ from advkit import (
     distillation_kl,
     distillation_options,
     frozen_for_attack,
-    kl_divergence,
+    kl_divergence_logits,
     sign_ascent,
 )
 
@@ -68,7 +68,7 @@ class AdaADAttack(Attack):
         alpha = eps / 4 if self.alpha is None else self.alpha
 
         def disagreement(z: torch.Tensor) -> torch.Tensor:
-            return kl_divergence(torch.softmax(teacher(z), dim=1), self.get_logits(z), reduction="sum")
+            return kl_divergence_logits(teacher(z), self.get_logits(z), reduction="sum")
 
         with frozen_for_attack(teacher, "eval"):
             return sign_ascent(images, disagreement, eps=eps, alpha=alpha, steps=self.steps, start=self.start)
