@@ -6,6 +6,7 @@ User mistakes (unknown names, bad options, missing files) end with one line on s
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,12 @@ class _Number(click.ParamType):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         try:
-            return parse_float(value)
+            number = parse_float(value)
         except ValueError:
             self.fail(f"{value!r} is not a number (fractions such as 8/255 are accepted)", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 NUMBER = _Number()

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
+import pydantic
 import yaml
 
 from .components import Configurable
@@ -21,6 +24,39 @@ from .registry import Registry, build_attack, component_options, foreign_attack_
 from .weight_perturbation import AWP_VARIANTS
 
 ROLES = ("rectifier", "attack", "objective")
+SEED_LIMIT = 2**32
+
+
+@dataclass(frozen=True)
+class Expects:
+    """What a setting's value must be, in words, for error messages (metadata of the types below)."""
+
+    text: str
+
+
+def _number(value: Any) -> Any:
+    """Numbers as YAML gives them, and strings such as ``8/255``; booleans are not numbers."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return parse_float(value) if isinstance(value, str) else value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be finite")
+    return value
+
+
+# Setting types: strict (no "64" for an integer, no 2.5 for epochs, no "maybe" for a flag) and finite.
+Integer = Annotated[pydantic.StrictInt, Expects("an integer")]
+Number = Annotated[float, pydantic.BeforeValidator(_number), pydantic.AfterValidator(_finite),
+                   Expects("a finite number (fractions such as 8/255 are accepted)")]
+Flag = Annotated[pydantic.StrictBool, Expects("true or false")]
+Text = Annotated[pydantic.StrictStr, Expects("a string")]
+CountOrFraction = Annotated[pydantic.StrictInt | Number, Expects("a count (integer) or a fraction in [0, 1)")]
+Epochs = Annotated[list[Number], Expects("a list of epoch numbers, e.g. [100, 150]")]
+ComponentOptions = Annotated[dict[pydantic.StrictStr, dict[pydantic.StrictStr, Any]],
+                             Expects("a mapping such as {trades: {beta: 6}}")]
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
 AMP_MODES = ("off", "bf16", "fp16")
 
@@ -29,45 +65,47 @@ AMP_MODES = ("off", "bf16", "fp16")
 class TrainConfig:
     """Everything a training run depends on. Field names are the CLI flags with '-' → '_'."""
 
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    download: bool = False
-    model: str = "resnet18"
-    objective: str = "at"
-    rectifier: str | None = None
-    attack: str | None = None
-    teacher: str | None = None
-    teacher_arch: str | None = None
-    teacher_cache: str | None = None
-    eps: float = 8 / 255
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    lr_schedule: str = "piecewise"
-    lr_milestones: list[float] | None = None
-    lr_gamma: float = 0.1
-    lr_warmup: float = 0.0
-    val_size: float | None = None
-    val_steps: int = 10
-    wa: float | None = None
-    select: str = "model"
-    awp: float | None = None
-    awp_variant: str = "official"
-    awp_warmup: int = 0
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "off"
-    channels_last: bool = False
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dataset: Text = "cifar10"
+    data_dir: Text = "data"
+    download: Flag = False
+    model: Text = "resnet18"
+    objective: Text = "at"
+    rectifier: Text | None = None
+    attack: Text | None = None
+    teacher: Text | None = None
+    teacher_arch: Text | None = None
+    teacher_cache: Text | None = None
+    eps: Number = 8 / 255
+    epochs: Integer = 10
+    batch_size: Integer = 128
+    lr: Number = 0.1
+    momentum: Number = 0.9
+    nesterov: Flag = False
+    weight_decay: Number = 5e-4
+    lr_schedule: Text = "piecewise"
+    lr_milestones: Epochs | None = None
+    lr_gamma: Number = 0.1
+    lr_warmup: Number = 0.0
+    val_size: CountOrFraction | None = None
+    val_steps: Integer = 10
+    wa: Number | None = None
+    select: Text = "model"
+    awp: Number | None = None
+    awp_variant: Text = "official"
+    awp_warmup: Integer = 0
+    seed: Integer = 0
+    device: Text = "auto"
+    amp: Text = "off"
+    channels_last: Flag = False
+    options: ComponentOptions = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Range checks for the run-level settings (component options are checked by the components)."""
+        """Types (the schema) and ranges of the run-level settings; component options are the components' job."""
+        check_types(dataclasses.asdict(self), None)
         checks = [
             (0.0 <= self.eps <= 1.0, f"--eps must lie in [0, 1] (pixel units, e.g. 8/255), got {self.eps:g}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (0 <= self.seed < SEED_LIMIT, f"--seed must lie in [0, 2^32), got {self.seed}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr:g}"),
             (0.0 <= self.momentum < 1.0, f"--momentum must lie in [0, 1), got {self.momentum:g}"),
@@ -105,11 +143,49 @@ def _plain_tree(value: Any) -> Any:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_FLOAT_FIELDS = {"eps", "lr", "momentum", "weight_decay", "lr_gamma", "lr_warmup", "wa", "awp"}
+_SCHEMA = pydantic.TypeAdapter(TrainConfig)
+
+
+def check_types(values: Mapping[str, Any], source: str | None) -> TrainConfig:
+    """Validate ``values`` against TrainConfig's field types; one-line AdvkitError naming the first bad one.
+
+    ``source`` names a file ("FILE: setting 'epochs' …"); ``None`` names command-line flags ("--epochs …").
+    """
+    try:
+        return _SCHEMA.validate_python(dict(values))
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        where = f"--{name.replace('_', '-')}" if source is None else f"{source}: setting '{name}'"
+        got = _describe_input(values.get(name, error.get("input")))
+        if error["type"] == "value_error" and "finite" in error["msg"]:
+            raise AdvkitError(f"{where} must be a finite number, got {got}") from None
+        raise AdvkitError(f"{where} expects {_EXPECTS.get(name, 'another value')}, got {got}") from None
+
+
+def _describe_input(value: Any) -> str:
+    kind = "" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else f" ({type(value).__name__})"
+    return f"{value!r}{kind}"
+
+
+def _expects_of(hint: Any) -> str | None:
+    """The ``Expects`` text of a field type, looking through ``X | None``."""
+    for item in getattr(hint, "__metadata__", ()):
+        if isinstance(item, Expects):
+            return item.text
+    for arg in typing.get_args(hint):
+        found = _expects_of(arg) if arg is not type(None) else None
+        if found:
+            return found
+    return None
+
+
+_EXPECTS = {name: text for name, hint in typing.get_type_hints(TrainConfig, include_extras=True).items()
+            if (text := _expects_of(hint)) is not None}
 
 
 def config_from_mapping(data: Mapping[str, Any], source: str) -> TrainConfig:
-    """Build a config from a YAML mapping, rejecting unknown keys with a suggestion."""
+    """Build a config from a YAML mapping: unknown keys get a suggestion, values are checked by the schema."""
     values: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -120,13 +196,7 @@ def config_from_mapping(data: Mapping[str, Any], source: str) -> TrainConfig:
         values[name] = value
     if "options" in values:
         values["options"] = normalise_options(values["options"] or {}, source)
-    for name in _FLOAT_FIELDS & set(values):
-        if values[name] is not None:
-            try:
-                values[name] = parse_float(values[name])
-            except ValueError:
-                raise AdvkitError(f"{source}: setting '{name}' expects a number, got {values[name]!r}") from None
-    return TrainConfig(**values)
+    return check_types(values, source)
 
 
 def load_config_file(path: str | Path) -> TrainConfig:

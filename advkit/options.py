@@ -25,7 +25,10 @@ def parse_float(text: Any) -> float:
         return float(text)
     match = _FRACTION.match(str(text))
     if match:
-        return float(match.group(1)) / float(match.group(2))
+        denominator = float(match.group(2))
+        if denominator == 0:
+            raise ValueError(f"{str(text).strip()!r} divides by zero")
+        return float(match.group(1)) / denominator
     return float(str(text).strip())
 
 
@@ -160,6 +163,8 @@ class Option:
                 f"{owner}: option '{self.name}' must be one of {', '.join(self.choices)}, got {parsed!r}"
             )
         for number in _numbers(parsed):
+            if not math.isfinite(number):
+                raise OptionError(f"{owner}: option '{self.name}' must be a finite number, got {value}")
             if not self._in_range(number):
                 raise OptionError(
                     f"{owner}: option '{self.name}' must lie in {self.range_text()}, got {value}"
@@ -167,8 +172,6 @@ class Option:
         return parsed
 
     def _in_range(self, number: float) -> bool:
-        if math.isnan(number):
-            return False
         if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
             return False
         if self.high is not None and (number > self.high or (self.high_open and number == self.high)):
