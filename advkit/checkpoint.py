@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
@@ -10,23 +11,64 @@ from typing import IO, Any, Callable
 
 import torch
 
-from .errors import AdvkitError
+from .errors import AdvkitError, WriteFailed
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; finished files get the permissions a plain open() would give them.
+FILE_MODE = 0o666 & ~_current_umask()
 
 
 def _atomic_write(path: str | Path, write: Callable[[IO[Any]], None], mode: str) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file.
+
+    A failed write (disk full, read-only filesystem) removes the temporary and raises ``WriteFailed``
+    with one line; the file at ``path`` is then exactly what it was before.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(handle, mode) as tmp:
+            os.fchmod(tmp.fileno(), FILE_MODE)
             write(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+    except RuntimeError as exc:  # torch.save's zip writer reports a failed write as a RuntimeError
+        cause = _os_error_behind(exc)
+        if cause is None:
+            raise
+        raise write_failed(path, cause) from None
+    finally:
+        if tmp_name is not None and os.path.exists(tmp_name):
+            Path(tmp_name).unlink(missing_ok=True)
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError that an exception was raised while handling, if any (walks ``__context__``)."""
+    seen = exc.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__context__
+    return seen
+
+
+def write_failed(path: str | Path, exc: OSError) -> WriteFailed:
+    """The one-line error for an OSError while writing ``path``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    previous = "the previous file is unchanged" if Path(path).exists() else "nothing was written"
+    return WriteFailed(f"cannot write {path}: {reason}; {previous}")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -37,6 +79,38 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 def atomic_write_text(text: str, path: str | Path) -> None:
     """Text counterpart of ``atomic_save`` (metrics, configs, reports)."""
     _atomic_write(path, lambda handle: handle.write(text), "w")
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Binary counterpart of ``atomic_write_text`` (figures, copies)."""
+    _atomic_write(path, lambda handle: handle.write(data), "wb")
+
+
+def atomic_duplicate(source: str | Path, path: str | Path) -> None:
+    """Make ``path`` hold what ``source`` holds, atomically: a hard link where the filesystem has them
+    (no second write of a large checkpoint), else a copy. Later atomic writes to either name replace
+    that name only."""
+    source, path = Path(source), Path(path)
+    tmp = path.parent / f".{path.name}.link{TEMP_SUFFIX}"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        atomic_write_bytes(source.read_bytes(), path)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries of atomic writes that a killed process left in ``folder``; returns them.
+
+    Only for a folder this process holds the lock of: another writer's temporary would vanish too.
+    """
+    stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def safe_load(path: str | Path, what: str = "checkpoint") -> Any:

@@ -14,10 +14,8 @@ from typing import Any
 import click
 
 from .checkpoint import atomic_write_text
-from .errors import AdvkitError
+from .errors import EXIT_INTERRUPTED, AdvkitError
 from .options import parse_float
-
-EXIT_USAGE = 2
 
 
 class _Number(click.ParamType):
@@ -83,6 +81,7 @@ _TRAIN_FLAGS = {
     "seed": (int, "random seed [0]"),
     "device": (str, "auto, cpu or cuda[:N] [auto]"),
     "amp": (click.Choice(["off", "bf16", "fp16"]), "automatic mixed precision [off]"),
+    "checkpoint_every": (int, "also save last.pt every N optimizer steps, for long epochs [epoch ends only]"),
 }
 
 
@@ -107,7 +106,37 @@ def _train_options(function: Any) -> Any:
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def train(config_file: str | None, out: str | None, resume: str | None, quiet: bool, options: tuple[str, ...],
           lr_milestones: str | None, **flags: Any) -> None:
-    """Train a model; writes config.yaml, metrics.jsonl, last.pt and best.pt into the run directory."""
+    """Train a model; writes config.yaml, metrics.jsonl, last.pt and best.pt into the run directory.
+
+    \b
+    SIGTERM, SIGUSR1 (SLURM's warning before preemption) and Ctrl-C finish the current step, save
+    last.pt with the position in the epoch, and exit 75 (SIGTERM/SIGUSR1) or 130 (Ctrl-C); --resume
+    then continues exactly. Exit 3: the loss or weights became NaN/inf (checkpoints keep the last finite
+    state). Exit 74: a file could not be written. Exit 2: a setting or file to fix.
+    """
+    from .interrupts import StopRequest, stop_on_signals
+
+    request = StopRequest()
+    with stop_on_signals(request):
+        trainer = _build_trainer(config_file, out, resume, quiet, options, lr_milestones, flags)
+        trainer.stop_request = request
+        history = trainer.fit()
+    finished = bool(history) and history[-1]["epoch"] == trainer.config.epochs
+    if request and not finished:
+        click.echo(f"advkit: {request.signal_name}: stopped; {trainer.last_saved} "
+                   f"(continue with: advkit train --resume {trainer.out_dir})", err=True)
+        sys.exit(request.exit_status)
+    if history:
+        best = trainer.best
+        by_average = trainer.config.select == "wa"  # best.pt was picked by the weight-averaged model
+        prefix, which = ("val_wa", " (weight-averaged model)") if by_average else ("val", "")
+        click.echo(f"done: {trainer.out_dir}{which}  best val robust {100 * best['val_robust_acc']:.2f}% "
+                   f"(epoch {best['epoch']}), last val robust {100 * history[-1][f'{prefix}_robust_acc']:.2f}%, "
+                   f"clean {100 * history[-1][f'{prefix}_clean_acc']:.2f}%")
+
+
+def _build_trainer(config_file: str | None, out: str | None, resume: str | None, quiet: bool,
+                   options: tuple[str, ...], lr_milestones: str | None, flags: dict[str, Any]) -> Any:
     from .config import TrainConfig, load_config_file, merge_options, parse_option_flags
     from .train import Trainer
 
@@ -116,26 +145,17 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
         extra = sorted(set(given) | ({"options"} if options else set()) | ({"config"} if config_file else set()))
         if extra:
             raise AdvkitError(f"--resume takes the settings from {resume}/config.yaml; drop --{extra[0].replace('_', '-')}")
-        trainer = Trainer.resume_run(resume, progress=not quiet)
-    else:
-        config = load_config_file(config_file) if config_file else TrainConfig()
-        for key, value in given.items():
-            setattr(config, key, value)
-        if lr_milestones is not None:
-            config.lr_milestones = _milestones(lr_milestones)
-        if config.val_size is not None and float(config.val_size).is_integer() and config.val_size >= 1:
-            config.val_size = int(config.val_size)
-        config.options = merge_options(config.options, parse_option_flags(options))
-        out_dir = Path(out or f"runs/{config.objective}-{config.dataset}-{config.model.replace(':', '-')}")
-        trainer = Trainer(config, out_dir, progress=not quiet)
-    history = trainer.fit()
-    if history:
-        best = trainer.best
-        by_average = trainer.config.select == "wa"  # best.pt was picked by the weight-averaged model
-        prefix, which = ("val_wa", " (weight-averaged model)") if by_average else ("val", "")
-        click.echo(f"done: {trainer.out_dir}{which}  best val robust {100 * best['val_robust_acc']:.2f}% "
-                   f"(epoch {best['epoch']}), last val robust {100 * history[-1][f'{prefix}_robust_acc']:.2f}%, "
-                   f"clean {100 * history[-1][f'{prefix}_clean_acc']:.2f}%")
+        return Trainer.resume_run(resume, progress=not quiet)
+    config = load_config_file(config_file) if config_file else TrainConfig()
+    for key, value in given.items():
+        setattr(config, key, value)
+    if lr_milestones is not None:
+        config.lr_milestones = _milestones(lr_milestones)
+    if config.val_size is not None and float(config.val_size).is_integer() and config.val_size >= 1:
+        config.val_size = int(config.val_size)
+    config.options = merge_options(config.options, parse_option_flags(options))
+    out_dir = Path(out or f"runs/{config.objective}-{config.dataset}-{config.model.replace(':', '-')}")
+    return Trainer(config, out_dir, progress=not quiet)
 
 
 def _milestones(text: str) -> list[float]:
@@ -212,6 +232,15 @@ def _check_model_options(n_examples: int | None, batch_size: int, eps: float | N
         raise AdvkitError(f"--eps must lie in [0, 1] for Linf (non-negative for L2), got {eps:g}")
 
 
+def _check_outputs(**paths: str | None) -> None:
+    """Output files are writable, checked before the work that fills them (not after an hour of attacks)."""
+    from .rundir import check_output_file
+
+    for flag, path in paths.items():
+        if path:
+            check_output_file(path, f"--{flag.replace('_', '-')}")
+
+
 def _write_outputs(json_path: str | None, data: Any, markdown_path: str | None = None, markdown: str = "") -> None:
     if json_path:
         atomic_write_text(json.dumps(data, indent=2) + "\n", json_path)
@@ -248,6 +277,7 @@ def evaluate(target: str, attacks: tuple[str, ...], n_examples: int | None, batc
     from .evaluate import evaluate_checkpoint, format_markdown, format_table
 
     _check_model_options(n_examples, batch_size, eps, norm)
+    _check_outputs(json=json_path, markdown=markdown_path)
     report = evaluate_checkpoint(target, list(attacks), n_examples=n_examples, batch_size=batch_size, eps=eps,
                                  norm=norm, seed=seed, averaged=averaged, which=which, data_dir=data_dir,
                                  device=device, surrogate=surrogate, progress=not quiet)
@@ -285,6 +315,7 @@ def sanity(target: str, n_examples: int | None, batch_size: int, eps: float | No
         raise AdvkitError(f"--queries must be at least 1, got {queries}")
     if not 0.0 <= tolerance < 1.0:
         raise AdvkitError(f"--tolerance must lie in [0, 1) (a fraction of accuracy), got {tolerance:g}")
+    _check_outputs(json=json_path, markdown=markdown_path)
     report = sanity_for_checkpoint(target, SanitySettings(queries=queries, tolerance=tolerance), n_examples=n_examples,
                                    batch_size=batch_size, eps=eps, norm=norm, seed=seed, averaged=averaged,
                                    which=which, data_dir=data_dir, device=device, surrogate=surrogate,
@@ -315,6 +346,7 @@ def plot_curves(runs: tuple[str, ...], out: str, json_path: str | None) -> None:
     """
     from .plots import training_curves
 
+    _check_outputs(out=out, json=json_path)
     summaries = training_curves(list(runs), out)
     for label, summary in summaries.items():
         click.echo(f"{label}: best val robust {100 * summary['best']:.2f}% (epoch {summary['best_epoch']}), "
@@ -344,10 +376,13 @@ def plot_calibration(target: str, n_examples: int | None, batch_size: int, eps: 
     """
     from .analysis import analyse_checkpoint, format_analysis
     from .plots import entropy_histograms, reliability_diagram
+    from .rundir import check_output_dir
 
     _check_model_options(n_examples, batch_size, eps, norm)
     if bins < 1:
         raise AdvkitError(f"--bins must be at least 1, got {bins}")
+    _check_outputs(json=json_path)
+    check_output_dir(out_dir, "--out-dir")
     analysis, report = analyse_checkpoint(target, attack, ood=ood, n_bins=bins, n_examples=n_examples,
                                           batch_size=batch_size, eps=eps, norm=norm, seed=seed, averaged=averaged,
                                           which=which, data_dir=data_dir, device=device, progress=not quiet)
@@ -435,12 +470,9 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("advkit: aborted", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo("advkit: interrupted; every file written so far is complete (writes are atomic)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except AdvkitError as exc:
         click.echo(f"advkit: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        click.echo("advkit: interrupted; completed epochs are saved (continue with --resume RUN_DIR)", err=True)
-        sys.exit(130)
+        sys.exit(exc.exit_status)

@@ -97,6 +97,7 @@ class TrainConfig:
     device: Text = "auto"
     amp: Text = "off"
     channels_last: Flag = False
+    checkpoint_every: Integer | None = None
     options: ComponentOptions = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -113,6 +114,8 @@ class TrainConfig:
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
             (0.0 < self.lr_gamma <= 1.0, f"--lr-gamma must lie in (0, 1], got {self.lr_gamma:g}"),
             (self.lr_warmup >= 0, f"--lr-warmup must be non-negative (epochs), got {self.lr_warmup:g}"),
+            (self.checkpoint_every is None or self.checkpoint_every >= 1,
+             f"--checkpoint-every must be at least 1 (optimizer steps), got {self.checkpoint_every}"),
             (self.val_steps >= 0, f"--val-steps must be non-negative, got {self.val_steps}"),
             (self.wa is None or 0.0 < self.wa < 1.0, f"--wa must lie in (0, 1) (an EMA decay such as 0.995), got {self.wa}"),
             (self.select in ("model", "wa"), f"--select must be 'model' or 'wa', got {self.select!r}"),

@@ -449,7 +449,8 @@ class BatchLoader:
     """Iterates (x, y) batches: x float32 in [0, 1] on ``device``, y int64 on ``device``.
 
     The dataset is moved to ``device`` once, so a step does no host transfer. Order and augmentation depend
-    only on ``(seed, epoch)``: call :meth:`set_epoch` before each epoch, and a resumed run replays exactly.
+    only on ``(seed, epoch)``: call :meth:`set_epoch` before each epoch, and a resumed run replays exactly;
+    ``start_batch`` resumes in the middle of an epoch with the very batches that were still to come.
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
@@ -466,10 +467,12 @@ class BatchLoader:
         self.flip = augment.flip if augment is not None else False
         self.seed = seed
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle order and augmentation of ``epoch``."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the shuffle order and augmentation of ``epoch``; iteration begins at batch ``start_batch``."""
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def __len__(self) -> int:
         n = self.y.shape[0]
@@ -486,7 +489,7 @@ class BatchLoader:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         if order is not None:
             order = order.to(self.device)
-        for i in range(len(self)):
+        for i in range(self.start_batch, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
             if order is None:
                 x, y = self.x[lo:hi], self.y[lo:hi]

@@ -6,11 +6,13 @@ never through pyplot, so plotting touches no global backend state and needs no d
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .checkpoint import atomic_write_bytes
 from .errors import AdvkitError
 
 if TYPE_CHECKING:
@@ -27,10 +29,11 @@ def _figure(rows: int, cols: int, width: float, height: float) -> tuple[Figure, 
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    """Render to memory, then write atomically: a failed write never leaves half a PNG."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=120, format="png")
+    atomic_write_bytes(buffer.getvalue(), path)
+    return Path(path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

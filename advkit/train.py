@@ -1,7 +1,13 @@
 """The training loop: rectifier → attack → objective → optimizer step → hooks, per iteration.
 
-The hot loop never synchronises with the host: metrics accumulate on the device and are read once per
-epoch. Randomness depends only on (seed, epoch), so ``--resume`` continues a run exactly.
+The hot loop never synchronises with the host: metrics and a "loss is finite" flag accumulate on the
+device and are read at the epoch end, at checkpoints and every ``FINITE_CHECK_EVERY`` steps. Randomness
+depends only on (seed, epoch) plus the RNG state a mid-epoch checkpoint stores, so ``--resume``
+continues a run exactly, from an epoch end or from the middle of an epoch.
+
+Run-directory rules: one writer at a time (``rundir.RunLock``); a non-finite loss or non-finite weights
+stop the run without touching last.pt and best.pt; last.pt is written before best.pt, and a resume
+repairs best.pt when a kill fell between the two.
 """
 
 from __future__ import annotations
@@ -20,17 +26,23 @@ from tqdm.auto import tqdm
 
 from .attacks import run_attack
 from .averaging import WeightAverage
-from .checkpoint import atomic_save, atomic_write_text, safe_load
+from .checkpoint import (atomic_duplicate, atomic_save, atomic_write_text, remove_stale_temporaries, safe_load,
+                         write_failed)
 from .components import Configurable, Progress, RunSetup, StepContext
-from .config import Components, TrainConfig, config_from_mapping, select_components
+from .config import Components, TrainConfig, load_config_file, select_components
 from .data import BatchLoader, load_dataset
-from .errors import AdvkitError
+from .errors import AdvkitError, TrainingDiverged
 from .evaluate import accuracy, validation_attack
+from .interrupts import StopRequest
 from .models import build_model
 from .registry import Registry, default_registry
+from .rundir import LOCK_NAME, RunLock, check_not_busy, check_output_dir
 from .weight_perturbation import weight_update
 
 CHECKPOINT_FORMAT = "advkit-checkpoint-1"
+FINITE_CHECK_EVERY = 100  # steps between reads of the device-side finite flag (one host sync each)
+# Settings that say where or how often a run works, not what it computes: they may change on --resume.
+RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,7 +99,13 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.progress_bars = progress
         self.device = resolve_device(config.device)
+        self.stop_request = StopRequest()
+        self.lock = RunLock(self.out_dir)
         registry = registry or default_registry()
+        check_not_busy(self.out_dir)  # fail fast, before data and models load; acquired for real below
+        resume_state = self._read_resume_state() if resume else None
+        if not resume:
+            check_output_dir(self.out_dir, "--out")
 
         self.components: Components = select_components(config, registry)
         splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed,
@@ -126,8 +144,19 @@ class Trainer:
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": None, "val_robust_acc": -1.0}
-        if resume:
-            self._restore(safe_load(self.out_dir / "last.pt", "checkpoint to resume"))
+        self._position: dict[str, Any] | None = None  # where in an epoch a mid-epoch checkpoint stopped
+        self.last_saved = "no checkpoint had been written"  # where last.pt stands, in words (for stop messages)
+        self.resolved_config = self._resolve_config()
+        if resume_state is not None:
+            self._check_unedited(resume_state["config"])
+            self.lock.acquire()
+            try:
+                remove_stale_temporaries(self.out_dir)
+                self._restore(resume_state)
+                self._repair_checkpoint_pair(resume_state)
+            except BaseException:
+                self.lock.release()
+                raise
         else:
             self._prepare_out_dir()
 
@@ -163,16 +192,61 @@ class Trainer:
                             data_dir=self.config.data_dir, cache_dir=self.config.teacher_cache,
                             download=self.config.download)
 
-    def _prepare_out_dir(self) -> None:
-        if (self.out_dir / "last.pt").exists():
-            raise AdvkitError(f"run directory {self.out_dir} already holds a run; pass --resume {self.out_dir} "
-                              "to continue it, or choose another --out")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def _resolve_config(self) -> dict[str, Any]:
+        """The settings with component names and every option value in force (config.yaml's content)."""
         resolved = self.config.to_dict()
         resolved.update({role: self.components.names[role] for role in ("objective", "rectifier", "attack")})
         resolved["options"] = self.components.resolved_options(self._by_role())
-        self.resolved_config = resolved
-        atomic_write_text(yaml.safe_dump(resolved, sort_keys=False), self.out_dir / "config.yaml")
+        return resolved
+
+    def _prepare_out_dir(self) -> None:
+        """Create and lock the run directory and write config.yaml; on failure leave no new folder behind."""
+        if (self.out_dir / "last.pt").exists():
+            raise AdvkitError(f"run directory {self.out_dir} already holds a run; pass --resume {self.out_dir} "
+                              "to continue it, or choose another --out")
+        created = [folder for folder in (self.out_dir, *self.out_dir.parents) if not folder.exists()]
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            if (self.out_dir / "last.pt").exists():  # another process finished a run here meanwhile
+                raise AdvkitError(f"run directory {self.out_dir} already holds a run; pass --resume "
+                                  f"{self.out_dir} to continue it, or choose another --out")
+            remove_stale_temporaries(self.out_dir)
+            atomic_write_text(yaml.safe_dump(self.resolved_config, sort_keys=False), self.out_dir / "config.yaml")
+        except OSError as exc:
+            self._undo_out_dir(created)
+            raise write_failed(self.out_dir, exc) from None
+        except BaseException:
+            self._undo_out_dir(created)
+            raise
+
+    def _undo_out_dir(self, created: list[Path]) -> None:
+        held = self.lock.held
+        self.lock.release()
+        if created and held:
+            (self.out_dir / LOCK_NAME).unlink(missing_ok=True)
+        for folder in created:  # innermost first; rmdir leaves a folder alone that holds anything else
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    def _read_resume_state(self) -> dict[str, Any]:
+        path = self.out_dir / "last.pt"
+        if not path.is_file():
+            raise AdvkitError(f"cannot resume {self.out_dir}: it holds no last.pt, so no epoch or checkpoint "
+                              f"finished and there is nothing to continue; start the run again with "
+                              f"advkit train --config {self.out_dir / 'config.yaml'} --out {self.out_dir}")
+        state = safe_load(path, "checkpoint to resume")
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise AdvkitError(f"{path} is not an advkit training checkpoint")
+        return state
+
+    def _check_unedited(self, saved: dict[str, Any]) -> None:
+        """Resume only what was started: a setting changed since then would make a different run."""
+        for key in sorted((set(saved) | set(self.resolved_config)) - RELOCATABLE_SETTINGS):
+            if saved.get(key) != self.resolved_config.get(key):
+                raise AdvkitError(f"{self.out_dir / 'config.yaml'} was changed since the run started: {key} is "
+                                  f"{self.resolved_config.get(key)!r} there but {saved.get(key)!r} in last.pt; "
+                                  "restore it, or start a new run with --config")
 
     # ----------------------------------------------------------------------------------------- loop
     @contextlib.contextmanager
@@ -209,8 +283,21 @@ class Trainer:
         correct = (logits.argmax(dim=1) == y).sum() if logits is not None else torch.zeros((), device=y.device)
         return loss.detach(), correct
 
-    def fit(self, stop_after_epoch: int | None = None) -> list[dict[str, Any]]:
-        """Train to the configured number of epochs (or stop after ``stop_after_epoch``, 1-based)."""
+    def fit(self, stop_after_epoch: int | None = None, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
+        """Train to the configured number of epochs; returns the per-epoch records.
+
+        Stops early after epoch ``stop_after_epoch`` (1-based), after ``stop_after_steps`` optimizer steps
+        in all, or once ``stop_request`` is set (by a signal, see ``interrupts.stop_on_signals``); a stop in
+        the middle of an epoch saves a checkpoint there that ``resume_run`` continues exactly.
+        """
+        self.lock.acquire()
+        try:
+            self._fit(stop_after_epoch, stop_after_steps)
+        finally:
+            self.lock.release()
+        return self.history
+
+    def _fit(self, stop_after_epoch: int | None, stop_after_steps: int | None) -> None:
         config = self.config
         per_epoch = len(self.train_loader)
         total = config.epochs * per_epoch
@@ -218,19 +305,33 @@ class Trainer:
         epochs = tqdm(range(self.start_epoch, last_epoch), desc="epochs", initial=self.start_epoch,
                       total=config.epochs, disable=not self.progress_bars, dynamic_ncols=True)
         for epoch in epochs:
-            started = time.perf_counter()
-            torch.manual_seed(config.seed * 1_000_003 + epoch)
-            self.train_loader.set_epoch(epoch)
-            sums = torch.zeros(3, device=self.device)
-            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False,
-                           disable=not self.progress_bars, dynamic_ncols=True)
-            for index, (x, y) in enumerate(batches):
+            if self.stop_request:
+                return
+            first_step, totals = self._begin_epoch(epoch)
+            started = time.perf_counter() - totals["elapsed"]
+            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, initial=first_step,
+                           total=per_epoch, disable=not self.progress_bars, dynamic_ncols=True)
+            for index, (x, y) in enumerate(batches, start=first_step):
                 iteration = epoch * per_epoch + index
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(config, iteration, per_epoch)
                 loss, correct = self.train_step(x, y, Progress(epoch, iteration, total, per_epoch))
-                sums += torch.stack([loss.float() * y.shape[0], correct.float(), torch.tensor(float(y.shape[0]), device=self.device)])
-            loss_sum, correct_sum, count = sums.tolist()
+                totals["sums"] += torch.stack([loss.float() * y.shape[0], correct.float(),
+                                               torch.tensor(float(y.shape[0]), device=self.device)])
+                totals["finite"] &= torch.isfinite(loss)
+                steps_done, in_epoch = iteration + 1, index + 1
+                if in_epoch % FINITE_CHECK_EVERY == 0:
+                    self._check_finite(totals, epoch, in_epoch)
+                stopping = bool(self.stop_request) or (stop_after_steps is not None and steps_done >= stop_after_steps)
+                checkpoint_due = config.checkpoint_every is not None and steps_done % config.checkpoint_every == 0
+                if in_epoch < per_epoch and (stopping or checkpoint_due):
+                    self._check_finite(totals, epoch, in_epoch)
+                    totals["elapsed"] = time.perf_counter() - started
+                    self._save_position(epoch, in_epoch, totals)
+                    if stopping:
+                        return
+            self._check_finite(totals, epoch, per_epoch)
+            loss_sum, correct_sum, count = totals["sums"].tolist()
             record = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct_sum / count,
                       "lr": self.optimizer.param_groups[0]["lr"]}
             record.update(self.validate())
@@ -238,7 +339,40 @@ class Trainer:
             self.history.append(record)
             self._save(epoch + 1, record)
             tqdm.write(_format_record(record, config.epochs), file=None)
-        return self.history
+            if stop_after_steps is not None and (epoch + 1) * per_epoch >= stop_after_steps:
+                return
+
+    def _begin_epoch(self, epoch: int) -> tuple[int, dict[str, Any]]:
+        """(first step, running totals) of ``epoch``: fresh, or where a mid-epoch checkpoint left off."""
+        position, self._position = self._position, None
+        if position is None:
+            torch.manual_seed(self.config.seed * 1_000_003 + epoch)
+            first_step = 0
+            totals = {"sums": torch.zeros(3, device=self.device),
+                      "finite": torch.ones((), dtype=torch.bool, device=self.device), "elapsed": 0.0}
+        else:
+            torch.set_rng_state(position["rng"])
+            if self.device.type == "cuda" and position.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(position["cuda_rng"], self.device)
+            first_step = int(position["step"])
+            totals = {"sums": position["sums"].to(self.device), "finite": position["finite"].to(self.device),
+                      "elapsed": float(position["elapsed"])}
+        self.train_loader.set_epoch(epoch, first_step)
+        return first_step, totals
+
+    def _check_finite(self, totals: dict[str, Any], epoch: int, step: int) -> None:
+        """Read the device-side flag (one host sync) and stop the run if a loss was NaN or infinite."""
+        if not bool(totals["finite"]):
+            raise self._diverged(f"the training loss became NaN or infinite in epoch {epoch + 1} "
+                                 f"(within its first {step} of {len(self.train_loader)} steps)")
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        return TrainingDiverged(f"training diverged: {what}; no checkpoint was overwritten ({self.last_saved}). "
+                                f"Lower --lr (it is {self.config.lr:g}) or check the data")
+
+    def _weights_finite(self) -> bool:
+        floating = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in floating]).all()) if floating else True
 
     def validate(self) -> dict[str, float]:
         """Clean and PGD accuracy on the held-out validation split (never the test set)."""
@@ -269,22 +403,44 @@ class Trainer:
         }
 
     def _save(self, epoch: int, record: dict[str, Any]) -> None:
+        """Epoch-end checkpoint: last.pt, then best.pt (a link to it) when the epoch is the best so far."""
+        if not self._weights_finite():
+            self.history.pop()
+            raise self._diverged(f"the weights became NaN or infinite in epoch {epoch}")
         key = "val_wa_robust_acc" if self.config.select == "wa" else "val_robust_acc"
         improved = record[key] > self.best["val_robust_acc"]
         if improved:
             self.best = {"epoch": epoch, "val_robust_acc": record[key]}
-        state = self._state(epoch)
-        atomic_save(state, self.out_dir / "last.pt")
+        atomic_save(self._state(epoch), self.out_dir / "last.pt")
         if improved:
-            atomic_save(state, self.out_dir / "best.pt")
-        lines = "".join(json.dumps(item) + "\n" for item in self.history)
+            atomic_duplicate(self.out_dir / "last.pt", self.out_dir / "best.pt")
+        self._write_metrics()
+        self.last_saved = f"{self.out_dir / 'last.pt'} holds epoch {epoch}"
+
+    def _save_position(self, epoch: int, step: int, totals: dict[str, Any]) -> None:
+        """Mid-epoch checkpoint (last.pt only): the epoch-end state plus the loader position, RNG and totals."""
+        if not self._weights_finite():
+            raise self._diverged(f"the weights became NaN or infinite in epoch {epoch + 1}")
+        state = self._state(epoch)
+        state["position"] = {
+            "step": step, "sums": totals["sums"], "finite": totals["finite"], "elapsed": totals["elapsed"],
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        atomic_save(state, self.out_dir / "last.pt")
+        self.last_saved = f"{self.out_dir / 'last.pt'} holds step {step} of epoch {epoch + 1}"
+
+    def _write_metrics(self) -> None:
+        lines = "".join(json.dumps(_json_safe(item), allow_nan=False) + "\n" for item in self.history)
         atomic_write_text(lines, self.out_dir / "metrics.jsonl")
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise AdvkitError(f"{self.out_dir / 'last.pt'} is not an advkit training checkpoint")
         self.resolved_config = state["config"]
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise AdvkitError(f"{self.out_dir / 'last.pt'}: its weights do not fit model "
+                              f"'{self.config.model}': {str(exc).splitlines()[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         for role, component in self._stateful():
@@ -294,6 +450,33 @@ class Trainer:
         self.history = list(state["history"])
         self.best = dict(state["best"])
         self.start_epoch = int(state["epoch"])
+        self._position = state.get("position")
+        where = f"step {self._position['step']} of epoch {self.start_epoch + 1}" if self._position else f"epoch {self.start_epoch}"
+        self.last_saved = f"{self.out_dir / 'last.pt'} holds {where}"
+
+    def _repair_checkpoint_pair(self, state: dict[str, Any]) -> None:
+        """Make best.pt and metrics.jsonl agree with last.pt after a kill between their writes.
+
+        last.pt is written first; if it names its own epoch as the best, best.pt must hold that epoch too.
+        """
+        best_epoch = self.best.get("epoch")
+        if "position" not in state and best_epoch == state["epoch"] and _epoch_of(self.out_dir / "best.pt") != best_epoch:
+            atomic_duplicate(self.out_dir / "last.pt", self.out_dir / "best.pt")
+        self._write_metrics()
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch a checkpoint file holds, or None when it is missing or unreadable (memory-mapped: cheap)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+    except Exception:  # a missing, truncated or foreign file is simply not the right best.pt
+        return None
+
+
+def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """Non-finite floats as null: metrics.jsonl stays valid JSON whatever a metric did."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in record.items()}
 
 
 def config_of_run(run_dir: str | Path) -> TrainConfig:
@@ -301,8 +484,7 @@ def config_of_run(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise AdvkitError(f"cannot resume: {path} not found (is {run_dir} an advkit run directory?)")
-    data = yaml.safe_load(path.read_text()) or {}
-    return config_from_mapping(data, str(path))
+    return load_config_file(path)
 
 
 def _format_record(record: dict[str, Any], epochs: int) -> str:
