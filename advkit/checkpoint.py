@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Mapping
 
 import torch
+from torch import nn
 
 from .errors import AdvkitError, WriteFailed
 
@@ -120,24 +122,71 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
         raise AdvkitError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = _unpickler_detail(str(exc))
-        if "global" in detail.lower():  # the file names a class or function to call: refuse it
-            raise AdvkitError(
-                f"{what} {path} needs arbitrary unpickling, which advkit refuses (it could execute code): {detail}; "
-                "re-save it as a plain state_dict"
-            ) from None
-        raise AdvkitError(f"{what} {path} is not a readable PyTorch file: {detail}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AdvkitError(f"{what} {path} is not a readable PyTorch file: {first}") from None
+    except Exception as exc:  # on damaged bytes torch.load fails with almost any type (IndexError, zlib.error, ...)
+        raise load_failure(exc, what, path) from None
 
 
-def _unpickler_detail(message: str) -> str:
-    """The one informative line of torch's long weights-only refusal (what it tripped on)."""
-    _, marker, rest = message.partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in (rest if marker else message).splitlines() if line.strip()]
-    return lines[0].split(". Please use")[0] if lines else "unpickling failed"
+# Phrases of torch's weights-only unpickler when a file names (or would call or build) a Python object it refuses.
+_REFUSALS = ("GLOBAL ", "Trying to call reduce", "Can only create new object", "Can only build")
+# A real module.name; damaged or cut-off files make torch report fragments such as 'torch.' or 'torch.Flo}t'.
+_PYTHON_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+# Lines of torch's text that advise loosening the protection; they are never shown.
+_TORCH_ADVICE = ("weights_only", "safe_globals", "trust")
+
+
+def load_failure(exc: BaseException, what: str, path: str | Path) -> AdvkitError:
+    """advkit's one line for any failure of ``torch.load(weights_only=True)``: refused (unsafe) or unreadable.
+
+    Torch's own text is never passed on whole: it suggests turning the weights-only protection off, which
+    would run whatever code the file carries.
+    """
+    text = str(exc)
+    named = re.search(r"GLOBAL (\S+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and any(phrase in text for phrase in _REFUSALS):
+        if named is None or _PYTHON_NAME.fullmatch(named.group(1)):
+            culprit = f"Python object '{named.group(1)}'" if named else "Python objects other than tensors"
+            return AdvkitError(f"{what} {path} refers to {culprit}, which advkit will not load (loading it could "
+                               "execute code); re-save the weights as a plain state_dict of tensors")
+        detail = f"a damaged reference to '{named.group(1)}'"
+    else:
+        lines = [line.strip() for line in text.replace("Weights only load failed.", "").splitlines()
+                 if line.strip() and not any(advice in line for advice in _TORCH_ADVICE)]
+        if lines:
+            detail = lines[0].split(". ")[0].rstrip(".")
+        else:
+            detail = "it is empty or ends too early" if isinstance(exc, EOFError) else type(exc).__name__
+    return AdvkitError(f"{what} {path} is not a readable PyTorch file ({detail}); it is damaged or not a checkpoint")
+
+
+def load_state_dict_or_explain(module: nn.Module, state: Mapping[str, Any], what: str) -> None:
+    """``module.load_state_dict(state)`` (strict); a mismatch becomes one line that says which keys do not fit.
+
+    ``what`` opens the message, e.g. ``"teacher w.pt: weights do not fit architecture 'resnet18'"``; torch's own
+    message puts the keys on later lines, which a one-line error would drop.
+    """
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        own = module.state_dict()
+        missing = [key for key in own if key not in state]
+        unexpected = [key for key in state if key not in own]
+        reshaped = [f"shape of {key} is {list(state[key].shape)} in the file but {list(own[key].shape)} in the model"
+                    for key in own if isinstance(state.get(key), torch.Tensor) and state[key].shape != own[key].shape]
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key{'s' if len(missing) > 1 else ''} ({_some(missing)})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} ({_some(unexpected)})")
+        if reshaped:
+            more = f" and {len(reshaped) - 3} more of another shape" if len(reshaped) > 3 else ""
+            parts.append("; ".join(reshaped[:3]) + more)
+        detail = "; ".join(parts) or " ".join(str(exc).split())  # e.g. a module's own loading hook failed
+        raise AdvkitError(f"{what}: {detail}") from None
+
+
+def _some(keys: list[str]) -> str:
+    """Up to three keys, with an ellipsis when there are more."""
+    return ", ".join(keys[:3]) + (", …" if len(keys) > 3 else "")
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu", *, averaged: bool = False) -> tuple[torch.nn.Module, dict[str, Any], Any]:
@@ -163,8 +212,5 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu", *, 
             raise AdvkitError(f"{path} holds no weight-averaged model (the run was trained without --wa)")
         weights = averages[key]["model"]
     model = build_model(config["model"], info)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise AdvkitError(f"{path}: weights do not fit model '{config['model']}': {str(exc).splitlines()[0]}") from None
+    load_state_dict_or_explain(model, weights, f"{path}: weights do not fit model '{config['model']}'")
     return model.to(device).eval(), config, info

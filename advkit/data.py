@@ -23,7 +23,7 @@ import pickle
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -166,33 +166,85 @@ def _unreadable(path: Path, exc: Exception) -> AdvkitError:
     return AdvkitError(f"{path} is unreadable or corrupted ({first}); delete it and fetch it again with --download")
 
 
+def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    """Refuse labels outside 0..num_classes-1 at load time: training would otherwise fail mid-epoch on them."""
+    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if outside.size:
+        raise AdvkitError(f"{path} holds {outside.size} label{'s' if outside.size > 1 else ''} outside "
+                          f"0..{num_classes - 1} (the first is {labels[outside[0]]} at position {outside[0]}); "
+                          "the file is corrupted or from another dataset")
+
+
 # --- CIFAR ---------------------------------------------------------------------------------------------------
 
-def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR python pickle: ``data`` N×3072 uint8 (R, G, B planes) and a label list."""
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
+# Every Python object a CIFAR batch pickle may name, as module.name exactly as pickles spell them. Nothing else
+# is ever imported or called while a batch is read, so a hostile file under --data-dir cannot run code.
+CIFAR_PICKLE_GLOBALS = frozenset({
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",  # arrays (numpy 1, numpy 2)
+    "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer",  # arrays at pickle protocol 5
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",  # numpy integers, e.g. relabelled files
+    "numpy.ndarray", "numpy.dtype",
+    "_codecs.encode",  # bytes as Python 3 writes them at protocols 0-2
+    *(f"{module}.{name}" for module in ("builtins", "__builtin__")  # containers some protocols write by name
+      for name in ("bytes", "bytearray", "set", "frozenset")),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`CIFAR_PICKLE_GLOBALS`: arrays, strings, numbers, containers."""
+
+    def __init__(self, file: IO[bytes], path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Refuse every global outside the allowlist before it is imported: a pickle calls what it names."""
+        if f"{module}.{name}" not in CIFAR_PICKLE_GLOBALS:
+            raise AdvkitError(f"{self.path} is not a CIFAR batch: it refers to Python object '{module}.{name}', "
+                              "which advkit will not load (unpickling it could execute code)")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python pickle: ``data`` N×3072 uint8 (R, G, B planes) and N labels in [0, num_classes)."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-        images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(entry[label_key], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError) as exc:
+            entry = _CifarUnpickler(f, path).load()
+    except AdvkitError:
+        raise
+    except Exception as exc:  # a malformed pickle fails with almost any type: stack underflow, codecs, MemoryError
         raise _unreadable(path, exc) from None
+    try:
+        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        images = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+        raise _unreadable(path, exc) from None
+    if images.size % CIFAR_IMAGE_BYTES:
+        raise AdvkitError(f"{path} is not a CIFAR batch: its 'data' holds {images.size} bytes, not a whole number "
+                          f"of {CIFAR_IMAGE_BYTES}-byte (3×32×32) images")
+    images = images.reshape(-1, 3, 32, 32)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise AdvkitError(f"{path} is not a CIFAR batch: it holds {len(images)} images but labels of shape "
+                          f"{labels.shape}; expected {len(images)} labels")
+    _check_labels(labels, num_classes, path)
     return images, labels
 
 
-def _cifar(folder: str, train_files: tuple[str, ...], test_file: str, label_key: str, name: str,
+def _cifar(folder: str, train_files: tuple[str, ...], test_file: str, label_key: str, info: DatasetInfo,
            dataset_class: str) -> Callable[[Path, bool], tuple[ArrayDataset, ArrayDataset]]:
     def load(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
         root = data_dir / folder
         needed = [root / f for f in (*train_files, test_file)]
         if not all(p.is_file() for p in needed):
             if not download:
-                raise _missing(name, data_dir, root)
+                raise _missing(info.name, data_dir, root)
             import torchvision.datasets
 
-            _download(name, data_dir, lambda: getattr(torchvision.datasets, dataset_class)(str(data_dir), download=True))
-        parts = [_read_cifar_batch(p, label_key) for p in needed]
+            _download(info.name, data_dir,
+                      lambda: getattr(torchvision.datasets, dataset_class)(str(data_dir), download=True))
+        parts = [_read_cifar_batch(p, label_key, info.num_classes) for p in needed]
         train_x = np.concatenate([x for x, _ in parts[:-1]])
         train_y = np.concatenate([y for _, y in parts[:-1]])
         return (ArrayDataset(torch.from_numpy(train_x), torch.from_numpy(train_y)),
@@ -203,16 +255,27 @@ def _cifar(folder: str, train_files: tuple[str, ...], test_file: str, label_key:
 # --- SVHN ----------------------------------------------------------------------------------------------------
 
 def _read_svhn(path: Path) -> ArrayDataset:
-    """A torchvision-layout SVHN .mat file: X is H×W×C×N uint8, label 10 stands for digit 0."""
+    """A torchvision-layout SVHN .mat file: X is 32×32×3×N uint8, y holds N labels 0..10 (10 stands for digit 0)."""
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = scipy.io.loadmat(str(path))
-        images = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1))
-        labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
-    except (OSError, KeyError, ValueError) as exc:
+    except (MatReadError, OSError, ValueError, TypeError, IndexError, NotImplementedError) as exc:  # seen on bad files
         raise _unreadable(path, exc) from None
-    return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels))
+    if "X" not in mat or "y" not in mat:
+        raise AdvkitError(f"{path} is not an SVHN file: it needs variables 'X' (images) and 'y' (labels), found "
+                          f"{', '.join(k for k in mat if not k.startswith('__')) or 'none'}")
+    try:
+        images, labels = np.asarray(mat["X"], dtype=np.uint8), np.asarray(mat["y"], dtype=np.int64).reshape(-1)
+    except (ValueError, TypeError) as exc:
+        raise _unreadable(path, exc) from None
+    if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.shape[3] != len(labels):
+        raise AdvkitError(f"{path} is not an SVHN file: X has shape {images.shape} and y {len(labels)} labels; "
+                          "expected X 32×32×3×N and N labels")
+    _check_labels(labels, 11, path)  # 0..10 in the file: both 0 and 10 stand for digit 0
+    return ArrayDataset(torch.from_numpy(np.ascontiguousarray(images.transpose(3, 2, 0, 1))),
+                        torch.from_numpy(labels % 10))
 
 
 def _load_svhn(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
@@ -265,12 +328,13 @@ def _idx_folder(folders: list[Path]) -> dict[str, Path] | None:
     return None
 
 
-def _read_idx_splits(files: dict[str, Path]) -> tuple[ArrayDataset, ArrayDataset]:
+def _read_idx_splits(files: dict[str, Path], num_classes: int) -> tuple[ArrayDataset, ArrayDataset]:
     def part(x_role: str, y_role: str) -> ArrayDataset:
         images, labels = read_idx(files[x_role]), read_idx(files[y_role])
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise AdvkitError(f"{files[x_role]} and {files[y_role]} do not form an image set: "
                               f"shapes {images.shape} and {labels.shape}, expected N×H×W and N")
+        _check_labels(labels, num_classes, files[y_role])
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1)
         return ArrayDataset(x, torch.from_numpy(labels.astype(np.int64)))
     return part("train_x", "train_y"), part("test_x", "test_y")
@@ -288,7 +352,7 @@ def _load_mnist(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayData
             _download("mnist", data_dir, lambda: torchvision.datasets.MNIST(str(data_dir), train=train, download=True))
         files = _idx_folder(folders)
         assert files is not None, "torchvision's MNIST download left no idx files in MNIST/raw"
-    return _read_idx_splits(files)
+    return _read_idx_splits(files, MNIST_INFO.num_classes)
 
 
 def debian_fashion_mnist_dir() -> Path | None:
@@ -323,7 +387,7 @@ def _load_fashion_mnist(data_dir: Path, download: bool) -> tuple[ArrayDataset, A
                       lambda: torchvision.datasets.FashionMNIST(str(data_dir), train=train, download=True))
         files = _idx_folder(folders)
         assert files is not None, "torchvision's FashionMNIST download left no idx files in FashionMNIST/raw"
-    return _read_idx_splits(files)
+    return _read_idx_splits(files, FASHION_MNIST_INFO.num_classes)
 
 
 # --- Tiny-ImageNet -------------------------------------------------------------------------------------------
@@ -411,8 +475,9 @@ def _load_digits(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDat
 
 LOADERS: dict[str, tuple[DatasetInfo, Callable[[Path, bool], tuple[ArrayDataset, ArrayDataset]]]] = {
     "cifar10": (CIFAR10_INFO, _cifar("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-                                     "test_batch", "labels", "cifar10", "CIFAR10")),
-    "cifar100": (CIFAR100_INFO, _cifar("cifar-100-python", ("train",), "test", "fine_labels", "cifar100", "CIFAR100")),
+                                     "test_batch", "labels", CIFAR10_INFO, "CIFAR10")),
+    "cifar100": (CIFAR100_INFO, _cifar("cifar-100-python", ("train",), "test", "fine_labels", CIFAR100_INFO,
+                                       "CIFAR100")),
     "svhn": (SVHN_INFO, _load_svhn),
     "tiny-imagenet": (TINY_IMAGENET_INFO, _load_tiny_imagenet),
     "mnist": (MNIST_INFO, _load_mnist),

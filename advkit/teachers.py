@@ -19,15 +19,15 @@ refused, never executed.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import load_trained_model, safe_load
+from .checkpoint import load_failure, load_state_dict_or_explain, load_trained_model, safe_load
 from .compat import import_robustbench, import_timm
 from .errors import AdvkitError
 from .models import NormalizedModel, build_model
@@ -139,15 +139,30 @@ def _robustbench_teacher(rest: str, info: Any, cache: Path, download: bool) -> n
                           "from a checkpoint; unset it to load a RobustBench teacher")
     try:
         return load_model(name, model_dir=str(cache), dataset=dataset, threat_model=threat)
-    except pickle.UnpicklingError as exc:
-        raise AdvkitError(f"{spec}: the checkpoint under {cache} needs arbitrary unpickling, which advkit refuses "
-                          f"(it could execute code): {_first_line(exc)}") from None
-    except Exception as exc:  # gdown, requests, huggingface_hub and load_state_dict fail with many types
+    except Exception as exc:  # gdown, requests, huggingface_hub, torch.load and load_state_dict fail with many types
+        file = _torch_load_file(exc)
+        if file is not None:
+            raise load_failure(exc, f"{spec}: cached checkpoint", file) from None
         reason = f"{type(exc).__name__}: {_first_line(exc)}"
         if missing:
             raise AdvkitError(f"{spec} could not be downloaded ({reason}); put its checkpoint at {missing[0]} "
                               "instead") from None
         raise AdvkitError(f"{spec} could not be loaded from the teacher cache {cache}: {reason}") from None
+
+
+def _torch_load_file(exc: BaseException) -> Any:
+    """What ``torch.load`` was reading if ``exc`` was raised inside it, else None.
+
+    RobustBench reads its checkpoints itself; this tells a damaged or unsafe file (described by
+    :func:`load_failure`) from download and architecture errors, whatever type the exception has.
+    """
+    load_code = inspect.unwrap(torch.load).__code__
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code is load_code:
+            return frame.tb_frame.f_locals.get("f")
+        frame = frame.tb_next
+    return None
 
 
 # --------------------------------------------------------------------------------------------- timm
@@ -215,10 +230,7 @@ def _load_weights(model: nn.Module, state: Any, path: Path, arch: str) -> nn.Mod
         raise AdvkitError(f"teacher {path} holds no state_dict of tensors")
     state = {key.removeprefix("module."): value for key, value in state.items()}
     target = model if any(key.startswith("net.") for key in state) else model.net
-    try:
-        target.load_state_dict(state)
-    except RuntimeError as exc:
-        raise AdvkitError(f"teacher {path}: weights do not fit architecture '{arch}': {_first_line(exc)}") from None
+    load_state_dict_or_explain(target, state, f"teacher {path}: weights do not fit architecture '{arch}'")
     return model
 
 

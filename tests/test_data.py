@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -69,19 +71,35 @@ def cifar_rows(n: int, start: int) -> np.ndarray:
     return rows.reshape(n, 3072)
 
 
-def write_cifar10(root: Path, per_batch: int = 2, n_test: int = 3) -> None:
+def write_cifar10(root: Path, per_batch: int = 2, n_test: int = 3, protocol: int = 2) -> None:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for i in range(1, 6):
         batch = {"batch_label": f"training batch {i} of 5", "labels": [(i + j) % 10 for j in range(per_batch)],
                  "data": cifar_rows(per_batch, (i - 1) * per_batch), "filenames": [f"img{j}.png" for j in range(per_batch)]}
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=protocol))
     test = {"batch_label": "testing batch 1 of 1", "labels": [7] * n_test, "data": cifar_rows(n_test, 100),
             "filenames": [f"t{j}.png" for j in range(n_test)]}
-    (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
+    (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=protocol))
     meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
             "num_cases_per_batch": per_batch, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
+
+
+def rewrite_cifar_batch(path: Path, **changes: object) -> None:
+    """Replace entries of a CIFAR batch this module wrote (a trusted file, so plain pickle may read it)."""
+    batch = pickle.loads(path.read_bytes())
+    batch.update(changes)
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def write_cifar100(root: Path, train_labels: list[int], test_labels: list[int]) -> None:
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    for name, labels in (("train", train_labels), ("test", test_labels)):
+        entry = {b"data": cifar_rows(len(labels), 0), b"fine_labels": labels, b"coarse_labels": [0] * len(labels)}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [], b"coarse_label_names": []}))
 
 
 def tensor_dataset(n: int, channels: int = 1, size: int = 6) -> ArrayDataset:
@@ -183,12 +201,7 @@ def test_cifar10_pickle_batches(tmp_path: Path) -> None:
 
 
 def test_cifar100_reads_fine_labels_with_bytes_keys(tmp_path: Path) -> None:
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    for name, n in (("train", 6), ("test", 2)):
-        entry = {b"data": cifar_rows(n, 0), b"fine_labels": list(range(90, 90 + n)), b"coarse_labels": [0] * n}
-        (folder / name).write_bytes(pickle.dumps(entry))
-    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [], b"coarse_label_names": []}))
+    write_cifar100(tmp_path, list(range(90, 96)), [90, 91])
     splits = load_dataset("cifar100", tmp_path, val_size=1)
     assert splits.info.num_classes == 100
     assert splits.test.y.tolist() == [90, 91]
@@ -202,14 +215,23 @@ def test_corrupted_cifar_file_is_a_user_error(tmp_path: Path) -> None:
         load_dataset("cifar10", tmp_path)
 
 
-def test_svhn_mat_files(tmp_path: Path) -> None:
+def svhn_arrays(n: int) -> dict[str, np.ndarray]:
+    """The variables of an SVHN .mat file: X is H × W × C × N as in the official files, y is N × 1 in 1..10."""
+    images = np.zeros((32, 32, 3, n), dtype=np.uint8)
+    images[2, 7, 1, :] = np.arange(1, n + 1)  # green channel, row 2, column 7
+    labels = ((np.arange(n) + 7) % 10 + 1).astype(np.uint8).reshape(n, 1)  # 8, 9, 10 (= digit 0), 1, ...
+    return {"X": images, "y": labels}
+
+
+def write_svhn(root: Path, n_train: int = 5, n_test: int = 3) -> None:
     import scipy.io
 
-    for split, n in (("train", 5), ("test", 3)):
-        images = np.zeros((32, 32, 3, n), dtype=np.uint8)  # H × W × C × N, as in the official files
-        images[2, 7, 1, :] = np.arange(1, n + 1)  # green channel, row 2, column 7
-        labels = np.arange(n, dtype=np.uint8).reshape(n, 1) + 8  # 8, 9, 10 (= digit 0), ...
-        scipy.io.savemat(str(tmp_path / f"{split}_32x32.mat"), {"X": images, "y": labels})
+    for split, n in (("train", n_train), ("test", n_test)):
+        scipy.io.savemat(str(root / f"{split}_32x32.mat"), svhn_arrays(n))
+
+
+def test_svhn_mat_files(tmp_path: Path) -> None:
+    write_svhn(tmp_path)
     splits = load_dataset("svhn", tmp_path, val_size=0)
     assert splits.test.x.shape == (3, 3, 32, 32)
     assert splits.test.x[:, 1, 2, 7].tolist() == [1, 2, 3] and splits.test.x.sum() == 6
@@ -251,6 +273,110 @@ def test_tiny_imagenet_layouts(tmp_path: Path, refoldered: bool) -> None:
         assert abs(mean - expected[label]) < 3
     for x, label in zip(torch.cat([splits.train.x, splits.val.x]), torch.cat([splits.train.y, splits.val.y])):
         assert abs(x.float().mean().item() - expected[int(label)]) < 3
+
+
+# --- damaged and hostile files ------------------------------------------------------------------------------
+
+class RunsShell:
+    """Unpickling this object runs a shell command that creates ``marker``: proof that a reader executed code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
+def test_cifar_batch_that_would_run_code_is_refused(tmp_path: Path, protocol: int) -> None:
+    write_cifar10(tmp_path, protocol=protocol)
+    marker, batch = tmp_path / "executed", tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    hostile = pickle.dumps({"data": cifar_rows(2, 0), "labels": [0, 1], "filenames": RunsShell(marker)},
+                           protocol=protocol)
+    batch.write_bytes(hostile)
+    with pytest.raises(AdvkitError) as error:
+        load_dataset("cifar10", tmp_path)
+    assert str(error.value) == (f"{batch} is not a CIFAR batch: it refers to Python object 'posix.system', which "
+                                "advkit will not load (unpickling it could execute code)")
+    assert not marker.exists()
+    pickle.loads(hostile)  # the payload is live: a plain unpickler does run it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_batches_load_at_every_pickle_protocol(tmp_path: Path, protocol: int) -> None:
+    write_cifar10(tmp_path, protocol=protocol)
+    rewrite_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_5", labels=np.array([3, 4]))  # numpy labels
+    splits = load_dataset("cifar10", tmp_path, val_size=0)
+    assert splits.test.x[:, 0, 0, 1].tolist() == [100, 101, 102] and splits.test.y.tolist() == [7, 7, 7]
+    assert splits.train.y[-2:].tolist() == [3, 4] and len(splits.train) == 10
+
+
+@pytest.mark.parametrize("file, changes, message", [
+    ("test_batch", {"labels": [7, 10, 7]}, "holds 1 label outside 0..9 (the first is 10 at position 1)"),
+    ("data_batch_1", {"labels": [-1, 3]}, "holds 1 label outside 0..9 (the first is -1 at position 0)"),
+    ("data_batch_4", {"labels": [1]}, "is not a CIFAR batch: it holds 2 images but labels of shape (1,); "
+                                      "expected 2 labels"),
+    ("data_batch_5", {"data": cifar_rows(2, 0).reshape(-1)[:-5]}, "is not a CIFAR batch: its 'data' holds 6139 "
+                                                                  "bytes, not a whole number of 3072-byte"),
+], ids=["label-10", "label-minus-1", "labels-short", "data-cut"])
+def test_inconsistent_cifar_batch_is_a_user_error(tmp_path: Path, file: str, changes: dict, message: str) -> None:
+    write_cifar10(tmp_path)
+    rewrite_cifar_batch(tmp_path / "cifar-10-batches-py" / file, **changes)
+    with pytest.raises(AdvkitError) as error:
+        load_dataset("cifar10", tmp_path)
+    assert str(error.value).startswith(f"{tmp_path / 'cifar-10-batches-py' / file} {message}")
+    assert "\n" not in str(error.value)
+
+
+def test_cifar100_labels_must_be_below_100(tmp_path: Path) -> None:
+    write_cifar100(tmp_path, [0, 99, 100, 150], [5])
+    with pytest.raises(AdvkitError, match=r"cifar-100-python/train holds 2 labels outside 0\.\.99 \(the first is 100 "
+                                          r"at position 2\)"):
+        load_dataset("cifar100", tmp_path)
+
+
+@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST/raw"), ("fashion-mnist", "FashionMNIST/raw")])
+def test_idx_labels_outside_the_classes_are_refused(tmp_path: Path, dataset: str, folder: str) -> None:
+    write_mnist_layout(tmp_path / folder, 12, 4)
+    labels = (np.arange(4) % 10).astype(np.uint8)
+    labels[2] = 255
+    write_idx(tmp_path / folder / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(AdvkitError) as error:
+        load_dataset(dataset, tmp_path)
+    assert str(error.value) == (f"{tmp_path / folder / 't10k-labels-idx1-ubyte'} holds 1 label outside 0..9 (the "
+                                "first is 255 at position 2); the file is corrupted or from another dataset")
+
+
+def svhn_variables(n: int, **changes: np.ndarray) -> dict[str, np.ndarray]:
+    variables = {**svhn_arrays(n), **changes}
+    return {key: value for key, value in variables.items() if value is not None}
+
+
+@pytest.mark.parametrize("variables, message", [
+    (b"", "is unreadable or corrupted"),
+    (bytes(range(256)) * 2, "is unreadable or corrupted"),
+    (svhn_variables(3, X=None, images=np.zeros((32, 32, 3, 3), dtype=np.uint8)),
+     "is not an SVHN file: it needs variables 'X' (images) and 'y' (labels), found y, images"),
+    (svhn_variables(3, X=np.zeros((3, 3, 32, 32), dtype=np.uint8)),
+     "is not an SVHN file: X has shape (3, 3, 32, 32) and y 3 labels; expected X 32×32×3×N and N labels"),
+    (svhn_variables(3, X=np.zeros((32, 32, 3), dtype=np.uint8)), "is not an SVHN file: X has shape (32, 32, 3)"),
+    (svhn_variables(3, y=np.array([[1], [2]], dtype=np.uint8)), "is not an SVHN file: X has shape (32, 32, 3, 3) "
+                                                                  "and y 2 labels"),
+    (svhn_variables(3, y=np.array([[1], [11], [2]], dtype=np.uint8)), "holds 1 label outside 0..10 (the first is 11"),
+], ids=["empty", "random-bytes", "no-X", "N-C-H-W", "3-D", "labels-short", "label-11"])
+def test_damaged_svhn_file_is_a_user_error(tmp_path: Path, variables: bytes | dict, message: str) -> None:
+    import scipy.io
+
+    write_svhn(tmp_path)
+    path = tmp_path / "train_32x32.mat"
+    if isinstance(variables, bytes):
+        path.write_bytes(variables)
+    else:
+        scipy.io.savemat(str(path), variables)
+    with pytest.raises(AdvkitError) as error:
+        load_dataset("svhn", tmp_path)
+    assert str(error.value).startswith(f"{path} {message}") and "\n" not in str(error.value)
 
 
 # --- errors --------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Teachers: RobustBench zoo offline from the cache, advkit runs, plain state_dicts, and every refusal."""
 
 import builtins
+import random
 import re
 import socket
 from pathlib import Path
@@ -118,20 +119,46 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, no_network, monke
     marker = tmp_path / "executed"
     plain = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(1), "payload": Evil(marker)}, plain)
-    with pytest.raises(AdvkitError, match="needs arbitrary unpickling, which advkit refuses"):
+    with pytest.raises(AdvkitError) as error:
         load_teacher(str(plain), DIGITS_INFO, "cpu", arch="small-cnn")
+    assert str(error.value).startswith(f"teacher checkpoint {plain} refers to Python object 'io.open', which advkit "
+                                       "will not load (loading it could execute code)")
+    assert "weights_only" not in str(error.value)
     # the same file in the RobustBench cache, where robustbench's own torch.load reads it
-    (cached,) = robustbench_checkpoint_paths(tmp_path / "cache", "cifar10", "Linf", ZOO_NAME)
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(plain.read_bytes())
-    with pytest.raises(AdvkitError, match="needs arbitrary unpickling, which advkit refuses"):
+    cached = cache_file(tmp_path / "cache", plain.read_bytes())
+    with pytest.raises(AdvkitError) as error:
         load_teacher(f"robustbench:{ZOO_NAME}", CIFAR10_INFO, "cpu", cache_dir=tmp_path / "cache")
+    assert str(error.value).startswith(f"robustbench:cifar10/Linf/{ZOO_NAME}: cached checkpoint {cached} refers to "
+                                       "Python object 'io.open', which advkit will not load")
+    assert "weights_only" not in str(error.value)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # would turn robustbench's torch.load unsafe
     with pytest.raises(AdvkitError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set"):
         load_teacher(f"robustbench:{ZOO_NAME}", CIFAR10_INFO, "cpu", cache_dir=tmp_path / "cache")
     assert not marker.exists()
     torch.load(plain, weights_only=False)  # the payload is live: an unsafe load does run it
     assert marker.exists()
+
+
+def cache_file(cache: Path, content: bytes) -> Path:
+    """Put ``content`` where RobustBench's load_model reads the zoo entry ZOO_NAME from."""
+    (path,) = robustbench_checkpoint_paths(cache, "cifar10", "Linf", ZOO_NAME)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "truncated"])
+def test_a_damaged_robustbench_checkpoint_is_unreadable_not_refused(zoo_cache, tmp_path, no_network, damage):
+    source, _ = zoo_cache
+    (real,) = robustbench_checkpoint_paths(source, "cifar10", "Linf", ZOO_NAME)
+    content = random.Random(0).randbytes(4096) if damage == "random-bytes" else real.read_bytes()[:100_000]
+    cached = cache_file(tmp_path, content)
+    with pytest.raises(AdvkitError) as error:
+        load_teacher(f"robustbench:{ZOO_NAME}", CIFAR10_INFO, "cpu", cache_dir=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"robustbench:cifar10/Linf/{ZOO_NAME}: cached checkpoint {cached} is not a readable "
+                              "PyTorch file (")
+    assert "refuse" not in message and "will not load" not in message and "weights_only" not in message
 
 
 def test_advkit_run_directory_and_checkpoint_file(digits_run):
@@ -155,7 +182,8 @@ def test_plain_state_dict_with_architecture(tmp_path, digits_run):
         assert torch.allclose(teacher(x), reference(x))
     with pytest.raises(AdvkitError, match="plain state_dict: name its architecture with --teacher-arch"):
         load_teacher(str(network), DIGITS_INFO, "cpu")
-    with pytest.raises(AdvkitError, match="weights do not fit architecture 'resnet18'"):
+    with pytest.raises(AdvkitError, match=r"weights do not fit architecture 'resnet18': missing \d+ keys "
+                                          r"\(conv1\.weight, .*\); unexpected \d+ \(\S+, "):
         load_teacher(str(network), DIGITS_INFO, "cpu", arch="resnet18")
 
 
@@ -176,7 +204,8 @@ def test_incompatible_or_missing_teachers_are_refused(tmp_path, digits_run):
         load_teacher(str(digits_run), five_classes, "cpu")
     state = tmp_path / "ten.pt"
     torch.save(build_model("small-cnn", DIGITS_INFO).state_dict(), state)
-    with pytest.raises(AdvkitError, match="weights do not fit architecture 'small-cnn'"):
+    with pytest.raises(AdvkitError, match=r"weights do not fit architecture 'small-cnn': shape of net\.\S+\.weight is "
+                                          r"\[10, \d+\] in the file but \[5, \d+\] in the model"):
         load_teacher(str(state), five_classes, "cpu", arch="small-cnn")
     with pytest.raises(AdvkitError, match="teacher .*missing.pt not found"):
         load_teacher(str(tmp_path / "missing.pt"), DIGITS_INFO, "cpu")
