@@ -208,7 +208,9 @@ def load_config_file(path: str | Path) -> TrainConfig:
     if not path.is_file():
         raise AdvkitError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, OSError) as exc:
+        raise AdvkitError(f"config file {path} is not readable UTF-8 text: {exc}") from None
     except yaml.YAMLError as exc:
         raise AdvkitError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

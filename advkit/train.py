@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from .attacks import run_attack
 from .averaging import WeightAverage
-from .checkpoint import (atomic_duplicate, atomic_save, atomic_write_text, remove_stale_temporaries, safe_load,
-                         write_failed)
+from .checkpoint import (atomic_duplicate, atomic_save, atomic_write_text, load_state_dict_or_explain,
+                         remove_stale_temporaries, safe_load, write_failed)
 from .components import Configurable, Progress, RunSetup, StepContext
 from .config import Components, TrainConfig, load_config_file, select_components
 from .data import BatchLoader, load_dataset
@@ -436,11 +436,8 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.resolved_config = state["config"]
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise AdvkitError(f"{self.out_dir / 'last.pt'}: its weights do not fit model "
-                              f"'{self.config.model}': {str(exc).splitlines()[0]}") from None
+        load_state_dict_or_explain(self.model, state["model"], f"{self.out_dir / 'last.pt'}: its weights do not "
+                                   f"fit model '{self.config.model}'")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         for role, component in self._stateful():
