@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from .checkpoint import atomic_write_text
 from .errors import EXIT_INTERRUPTED, AdvkitError
+from .interrupts import StoppedBySignal
 from .options import parse_float
 
 
@@ -123,8 +123,10 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
         history = trainer.fit()
     finished = bool(history) and history[-1]["epoch"] == trainer.config.epochs
     if request and not finished:
-        click.echo(f"advkit: {request.signal_name}: stopped; {trainer.last_saved} "
-                   f"(continue with: advkit train --resume {trainer.out_dir})", err=True)
+        run = trainer.out_dir
+        then = (f"continue with: advkit train --resume {run}" if (run / "last.pt").is_file() else
+                f"nothing to resume yet; start again with: advkit train --config {run / 'config.yaml'} --out {run}")
+        click.echo(f"advkit: {request.signal_name}: stopped; {trainer.last_saved} ({then})", err=True)
         sys.exit(request.exit_status)
     if history:
         best = trainer.best
@@ -242,6 +244,8 @@ def _check_outputs(**paths: str | None) -> None:
 
 
 def _write_outputs(json_path: str | None, data: Any, markdown_path: str | None = None, markdown: str = "") -> None:
+    from .checkpoint import atomic_write_text
+
     if json_path:
         atomic_write_text(json.dumps(data, indent=2) + "\n", json_path)
     if markdown_path:
@@ -475,4 +479,7 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except AdvkitError as exc:
         click.echo(f"advkit: error: {exc}", err=True)
+        sys.exit(exc.exit_status)
+    except StoppedBySignal as exc:
+        click.echo(f"advkit: {exc}", err=True)
         sys.exit(exc.exit_status)

@@ -1,9 +1,11 @@
 """Stopping a run cleanly on SIGTERM, SIGUSR1 (what SLURM sends before preemption) and SIGINT (Ctrl-C).
 
-A signal only sets a flag. The training loop reads it after each optimizer step (a Python attribute, no
-device sync), saves a mid-epoch checkpoint with the loader's position and returns; the CLI then exits
-with ``EXIT_PREEMPTED`` (75, SIGTERM/SIGUSR1) or ``EXIT_INTERRUPTED`` (130, SIGINT). A second Ctrl-C
-while that checkpoint is written stops at once; the atomic write keeps the previous ``last.pt``.
+While training runs (``StopRequest.deferring``), a signal only sets a flag. The training loop reads it
+after each optimizer step (a Python attribute, no device sync), saves a mid-epoch checkpoint with the
+loader's position and returns; the CLI then exits with ``EXIT_PREEMPTED`` (75, SIGTERM/SIGUSR1) or
+``EXIT_INTERRUPTED`` (130, SIGINT). A second Ctrl-C while that checkpoint is written stops at once; the
+atomic write keeps the previous ``last.pt``. Before training starts there is nothing to save, so a
+signal raises ``StoppedBySignal`` at once (imports, data loading) with the same exit statuses.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ from .errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 STOP_SIGNALS = {signal.SIGTERM: EXIT_PREEMPTED, signal.SIGUSR1: EXIT_PREEMPTED, signal.SIGINT: EXIT_INTERRUPTED}
 
 
+class StoppedBySignal(Exception):
+    """A stop signal arrived before training began: nothing to save, so the command ends here."""
+
+    def __init__(self, signal_name: str, exit_status: int) -> None:
+        super().__init__(f"{signal_name}: stopped before training began; nothing was left half-written")
+        self.exit_status = exit_status
+
+
 class StopRequest:
-    """Whether, and by which signal, the run was asked to stop."""
+    """Whether, and by which signal, the run was asked to stop; ``deferring`` while a loop can act on it."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self.exit_status = 0
+        self.deferring = False
 
     def __bool__(self) -> bool:
         return self.signal_name is not None
@@ -48,7 +59,10 @@ def stop_on_signals(request: StopRequest) -> Iterator[StopRequest]:
     def handle(number: int, frame: Any) -> None:
         if number == signal.SIGINT and request:
             raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait for the save
-        request.set(signal.Signals(number).name, STOP_SIGNALS[signal.Signals(number)])
+        name, status = signal.Signals(number).name, STOP_SIGNALS[signal.Signals(number)]
+        request.set(name, status)
+        if not request.deferring:
+            raise StoppedBySignal(name, status)
 
     for number in STOP_SIGNALS:
         current = signal.getsignal(number)

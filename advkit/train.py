@@ -291,9 +291,11 @@ class Trainer:
         the middle of an epoch saves a checkpoint there that ``resume_run`` continues exactly.
         """
         self.lock.acquire()
+        self.stop_request.deferring = True
         try:
             self._fit(stop_after_epoch, stop_after_steps)
         finally:
+            self.stop_request.deferring = False
             self.lock.release()
         return self.history
 

@@ -307,3 +307,59 @@ def test_read_only_filesystem(tmpfs, run_cli, tmp_path):
     assert code == 2 and "Read-only file system" in err and not (tmpfs / "run").exists()
     code, _, err = run_cli(["eval", str(tmp_path / "no-run"), "--json", str(tmpfs / "r.json")])
     assert code == 2 and "--json" in err and "Read-only file system" in err
+
+
+def test_signal_handling_defers_only_while_training():
+    from advkit.interrupts import StoppedBySignal, StopRequest, stop_on_signals
+
+    request = StopRequest()
+    with stop_on_signals(request):
+        with pytest.raises(StoppedBySignal, match="SIGTERM: stopped before training began") as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert stopped.value.exit_status == EXIT_PREEMPTED
+    request = StopRequest()
+    request.deferring = True
+    with stop_on_signals(request):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.1)
+        assert request.signal_name == "SIGUSR1" and request.exit_status == EXIT_PREEMPTED
+        os.kill(os.getpid(), signal.SIGTERM)  # the first stop request is the one reported
+        time.sleep(0.1)
+        with pytest.raises(KeyboardInterrupt):  # a Ctrl-C once a stop is pending does not wait for the save
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert request.signal_name == "SIGUSR1"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handlers are back
+
+
+KILL_ARGS = [*DIGITS, "--epochs", "2", "--batch-size", "16", "--seed", "4", "-o", "attack.steps=2", "--checkpoint-every", "7"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    done = subprocess.run([sys.executable, "-m", "advkit", "train", *KILL_ARGS, "--out", str(out)], timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize("delay", [2.9, 4.1, 5.3, 6.6])  # seconds after launch: start-up, epoch 1, epoch 2
+def test_kill_9_at_any_moment_leaves_loadable_files_and_an_exact_resume(tmp_path, uninterrupted, delay):
+    cut = tmp_path / "cut"
+    process = advkit_process(["train", *KILL_ARGS, "--out", str(cut)])
+    time.sleep(delay)
+    process.kill()
+    process.wait(timeout=60)
+    for checkpoint in cut.glob("*.pt"):
+        assert torch.load(checkpoint, weights_only=True)["format"] == "advkit-checkpoint-1"
+    for line in (cut / "metrics.jsonl").read_text().splitlines() if (cut / "metrics.jsonl").exists() else []:
+        json.loads(line)
+    if not (cut / "last.pt").exists():
+        return  # killed before the first checkpoint: nothing to resume, and nothing half-written either
+    resumed = subprocess.run([sys.executable, "-m", "advkit", "train", "--resume", str(cut), "--quiet"], timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(uninterrupted / "last.pt", cut / "last.pt")
+    assert not list(cut.glob(".*.tmp"))
