@@ -363,3 +363,20 @@ def test_kill_9_at_any_moment_leaves_loadable_files_and_an_exact_resume(tmp_path
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(uninterrupted / "last.pt", cut / "last.pt")
     assert not list(cut.glob(".*.tmp"))
+
+
+def test_immutable_run_directory(tmp_path, run_cli):
+    run = tmp_path / "run"
+    Trainer(digits_config(epochs=2), run, progress=False).fit(stop_after_epoch=1)
+    before = digest(run / "last.pt")
+    if subprocess.run(["chattr", "+i", str(run)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        code, _, err = run_cli(["train", "--resume", str(run), "--quiet"])
+        assert code == EXIT_IO and "Operation not permitted; the previous file is unchanged" in err, err
+        assert len(err.strip().splitlines()) == 1
+        code, _, err = run_cli(["train", *DIGITS, "--out", str(run / "sub")])
+        assert code == 2 and "cannot write in" in err
+    finally:
+        subprocess.run(["chattr", "-i", str(run)], check=False)
+    assert digest(run / "last.pt") == before
