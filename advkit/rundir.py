@@ -63,6 +63,9 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor drops the flock (unbuffered: nothing left to flush)
             self._fd = None
 
+    def __del__(self) -> None:  # a Trainer built but never fitted must not keep its directory locked
+        self.release()
+
 
 def check_not_busy(run_dir: str | Path) -> None:
     """Refuse early (before data and models load) when another live process holds ``run_dir``'s lock."""

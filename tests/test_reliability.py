@@ -380,3 +380,11 @@ def test_immutable_run_directory(tmp_path, run_cli):
     finally:
         subprocess.run(["chattr", "-i", str(run)], check=False)
     assert digest(run / "last.pt") == before
+
+
+def test_a_trainer_that_is_dropped_releases_its_directory(tmp_path):
+    run = tmp_path / "run"
+    Trainer(digits_config(epochs=2), run, progress=False).fit(stop_after_epoch=1)
+    Trainer.resume_run(run, progress=False)  # built, never fitted, dropped
+    Trainer.resume_run(run, progress=False).fit()
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
