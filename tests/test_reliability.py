@@ -312,25 +312,42 @@ def test_read_only_filesystem(tmpfs, run_cli, tmp_path):
 def test_signal_handling_defers_only_while_training():
     from advkit.interrupts import StoppedBySignal, StopRequest, stop_on_signals
 
-    request = StopRequest()
-    with stop_on_signals(request):
-        with pytest.raises(StoppedBySignal, match="SIGTERM: stopped before training began") as stopped:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1)
-    assert stopped.value.exit_status == EXIT_PREEMPTED
-    request = StopRequest()
-    request.deferring = True
-    with stop_on_signals(request):
-        os.kill(os.getpid(), signal.SIGUSR1)
-        time.sleep(0.1)
-        assert request.signal_name == "SIGUSR1" and request.exit_status == EXIT_PREEMPTED
-        os.kill(os.getpid(), signal.SIGTERM)  # the first stop request is the one reported
-        time.sleep(0.1)
-        with pytest.raises(KeyboardInterrupt):  # a Ctrl-C once a stop is pending does not wait for the save
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-    assert request.signal_name == "SIGUSR1"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handlers are back
+    # as in a terminal: CI may start the suite with SIGINT ignored, which advkit rightly leaves ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        request = StopRequest()
+        with stop_on_signals(request):
+            with pytest.raises(StoppedBySignal, match="SIGTERM: stopped before training began") as stopped:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+        assert stopped.value.exit_status == EXIT_PREEMPTED
+        request = StopRequest()
+        request.deferring = True
+        with stop_on_signals(request):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.1)
+            assert request.signal_name == "SIGUSR1" and request.exit_status == EXIT_PREEMPTED
+            os.kill(os.getpid(), signal.SIGTERM)  # the first stop request is the one reported
+            time.sleep(0.1)
+            with pytest.raises(KeyboardInterrupt):  # a Ctrl-C once a stop is pending does not wait for the save
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert request.signal_name == "SIGUSR1"
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handlers are back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_ignored_sigint_stays_ignored():
+    from advkit.interrupts import StopRequest, stop_on_signals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_on_signals(StopRequest()):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 KILL_ARGS = [*DIGITS, "--epochs", "2", "--batch-size", "16", "--seed", "4", "-o", "attack.steps=2", "--checkpoint-every", "7"]
