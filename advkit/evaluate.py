@@ -534,7 +534,7 @@ def load_eval_setup(target: str | Path, *, which: str = "best", averaged: bool =
                     data_dir: str | None = None, n_examples: int | None = None, seed: int = 0) -> EvalSetup:
     """Load a checkpoint and the seeded subset of examples every command of one evaluation shares."""
     from .checkpoint import load_trained_model
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     path = checkpoint_path(target, which)
     torch_device = resolve_device(device)

@@ -31,6 +31,7 @@ from .checkpoint import (atomic_duplicate, atomic_save, atomic_write_text, load_
 from .components import Configurable, Progress, RunSetup, StepContext
 from .config import Components, TrainConfig, load_config_file, select_components
 from .data import BatchLoader, load_dataset
+from .distributed import resolve_device
 from .errors import AdvkitError, TrainingDiverged
 from .evaluate import accuracy, validation_attack
 from .interrupts import StopRequest
@@ -43,15 +44,6 @@ CHECKPOINT_FORMAT = "advkit-checkpoint-1"
 FINITE_CHECK_EVERY = 100  # steps between reads of the device-side finite flag (one host sync each)
 # Settings that say where or how often a run works, not what it computes: they may change on --resume.
 RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every"})
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present; asking for CUDA where there is none is a user error, not a crash."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AdvkitError(f"--device {name} was asked for, but CUDA is not available here (use --device cpu)")
-    return torch.device(name)
 
 
 def learning_rate(config: TrainConfig, iteration: int, iterations_per_epoch: int) -> float:

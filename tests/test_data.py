@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import advkit.data as data
+import advkit.data.datasets as data
 from advkit.data import (
     DIGITS_INFO,
     ArrayDataset,

@@ -1,0 +1,94 @@
+"""The batched on-device loader: order and augmentation from (seed, epoch) alone, resumable mid-epoch.
+
+The dataset is moved to the training device once. Augmentation (random crop with zero padding, horizontal
+flip) runs vectorised on whole batches there, driven by a ``torch.Generator`` seeded from ``(seed,
+epoch)`` only, so a resumed run sees exactly the batches it would have seen without the interruption.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import AdvkitError
+from .datasets import ArrayDataset, DatasetInfo, to_float
+
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for one (seed, epoch, purpose): well-mixed, independent of the global RNG and device."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch, stream]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def augment_batch(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop each image at offset (dy, dx) of its zero-padded copy, then mirror those with ``flip``.
+
+    One gather for the whole batch: output[b, :, i, j] = padded[b, :, dy[b] + i, dx[b] + j'] where
+    j' = W-1-j when ``flip[b]`` else j. Offsets lie in 0..2·padding; offset ``padding`` means no shift.
+    """
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding)) if padding else x
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]
+    batch_index = torch.arange(b, device=x.device)[:, None, None, None]
+    channel_index = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class BatchLoader:
+    """Iterates (x, y) batches: x float32 in [0, 1] on ``device``, y int64 on ``device``.
+
+    The dataset is moved to ``device`` once, so a step does no host transfer. Order and augmentation depend
+    only on ``(seed, epoch)``: call :meth:`set_epoch` before each epoch, and a resumed run replays exactly;
+    ``start_batch`` resumes in the middle of an epoch with the very batches that were still to come.
+    """
+
+    def __init__(self, data: ArrayDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
+                 augment: DatasetInfo | None = None, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        if batch_size < 1:
+            raise AdvkitError(f"batch size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.x = data.x.to(self.device)
+        self.y = data.y.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.padding = augment.crop_padding if augment is not None else 0
+        self.flip = augment.flip if augment is not None else False
+        self.seed = seed
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the shuffle order and augmentation of ``epoch``; iteration begins at batch ``start_batch``."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def __len__(self) -> int:
+        n = self.y.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.y.shape[0]
+        order = torch.randperm(n, generator=_generator(self.seed, self.epoch, 0)) if self.shuffle else None
+        augmenting = self.padding > 0 or self.flip
+        if augmenting:
+            g = _generator(self.seed, self.epoch, 1)
+            offsets = torch.randint(0, 2 * self.padding + 1, (2, n), generator=g)
+            flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
+        if order is not None:
+            order = order.to(self.device)
+        for i in range(self.start_batch, len(self)):
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            if order is None:
+                x, y = self.x[lo:hi], self.y[lo:hi]
+            else:
+                index = order[lo:hi]
+                x, y = self.x[index], self.y[index]
+            if augmenting:
+                x = augment_batch(x, offsets[0, lo:hi], offsets[1, lo:hi], flips[lo:hi], self.padding)
+            yield to_float(x), y
