@@ -64,7 +64,7 @@ _TRAIN_FLAGS = {
     "teacher_cache": (click.Path(file_okay=False), "folder of RobustBench teacher checkpoints [DATA_DIR/robustbench]"),
     "eps": (NUMBER, "ℓ∞ radius for the training attack and validation, e.g. 8/255 [8/255]"),
     "epochs": (int, "number of epochs [10]"),
-    "batch_size": (int, "batch size [128]"),
+    "batch_size": (int, "global batch size: under torchrun each of N processes trains on batch/N [128]"),
     "lr": (NUMBER, "peak learning rate [0.1]"),
     "momentum": (NUMBER, "SGD momentum [0.9]"),
     "weight_decay": (NUMBER, "weight decay [5e-4]"),
@@ -97,6 +97,7 @@ def _train_options(function: Any) -> Any:
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum [off]")
 @click.option("--download/--no-download", default=None, help="let torchvision download a missing dataset, RobustBench a missing teacher [off]")
 @click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format [off]")
+@click.option("--sync-bn/--no-sync-bn", default=None, help="under torchrun, BatchNorm statistics over the global batch (CUDA only) [off]")
 @click.option("-o", "--option", "options", multiple=True, metavar="COMPONENT.KEY=VALUE",
               help="component option, e.g. -o trades.beta=6 or -o attack.steps=5 (see advkit plugins show NAME)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -120,7 +121,12 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
     with stop_on_signals(request):
         trainer = _build_trainer(config_file, out, resume, quiet, options, lr_milestones, flags)
         trainer.stop_request = request
-        history = trainer.fit()
+        try:
+            history = trainer.fit()
+        finally:
+            trainer.group.close()
+    if not trainer.world.is_main:
+        sys.exit(request.exit_status if request else 0)  # rank 0 reports for the run
     finished = bool(history) and history[-1]["epoch"] == trainer.config.epochs
     if request and not finished:
         run = trainer.out_dir

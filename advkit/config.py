@@ -98,6 +98,7 @@ class TrainConfig:
     amp: Text = "off"
     channels_last: Flag = False
     checkpoint_every: Integer | None = None
+    sync_bn: Flag = False
     options: ComponentOptions = field(default_factory=dict)
 
     def validate(self) -> None:

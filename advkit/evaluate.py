@@ -39,23 +39,23 @@ def validation_attack(model: nn.Module, eps: float, steps: int) -> Attack | None
     return PGD(model, eps=eps, steps=steps, start="uniform", bn_mode="eval")
 
 
-def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: Any = None,
-             *, progress: str | None = None) -> float:
-    """Fraction of examples classified correctly, after ``attack`` if one is given."""
+def correct_count(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: Any = None,
+                  *, progress: str | None = None) -> torch.Tensor:
+    """Number of examples classified correctly (a float device tensor, not yet read), after ``attack`` if given.
+
+    Counts rather than fractions, so that shards of a split scored by several processes add up.
+    """
     was_training = model.training
     model.eval()
-    correct = None
-    count = 0
+    correct = torch.zeros((), device=next(model.parameters()).device)
     for x, y in tqdm(batches, desc=progress, leave=False, disable=progress is None, dynamic_ncols=True):
         if attack is not None:
             with frozen_for_attack(model, "eval"):
                 x = attack(x, y)
         with torch.no_grad():
-            hits = (model(x).argmax(dim=1) == y).sum()
-        correct = hits if correct is None else correct + hits
-        count += y.shape[0]
+            correct += (model(x).argmax(dim=1) == y).sum()
     model.train(was_training)
-    return 0.0 if correct is None else correct.item() / count
+    return correct
 
 
 # ------------------------------------------------------------------------------------- runners

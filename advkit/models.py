@@ -18,7 +18,7 @@ from .data import DatasetInfo
 from .errors import AdvkitError
 
 MODELS: tuple[str, ...] = ("resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10", "wrn-34-20", "wrn-70-16",
-                           "mobilenetv2", "small-cnn")
+                           "mobilenetv2", "small-cnn", "small-cnn-gn")
 
 
 class NormalizedModel(nn.Module):
@@ -208,13 +208,19 @@ class SmallCNN(nn.Module):
     """Two 3×3 conv layers (32, 64 channels, the second at stride 2) with BatchNorm, 2×2 adaptive pool, linear.
 
     Cheap enough that a few epochs of adversarial training on 8×8 digits take seconds on a CPU.
+    ``group_norm`` swaps BatchNorm for GroupNorm (8 groups), whose output does not depend on the rest of
+    the batch: ``small-cnn-gn``, for which a data-parallel run equals a single-process one.
     """
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, group_norm: bool = False) -> None:
         super().__init__()
+
+        def norm(channels: int) -> nn.Module:
+            return nn.GroupNorm(8, channels) if group_norm else nn.BatchNorm2d(channels)
+
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), norm(32), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, 2, 1, bias=False), norm(64), nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(2), nn.Flatten())
         self.linear = nn.Linear(64 * 4, num_classes)
         _init_weights(self)
@@ -275,8 +281,8 @@ def build_model(name: str, info: DatasetInfo) -> NormalizedModel:
             net = WideResNet(*parse_wrn(key), in_channels, num_classes)
         elif key == "mobilenetv2":
             net = MobileNetV2(in_channels, num_classes)
-        elif key == "small-cnn":
-            net = SmallCNN(in_channels, num_classes)
+        elif key in ("small-cnn", "small-cnn-gn"):
+            net = SmallCNN(in_channels, num_classes, group_norm=key == "small-cnn-gn")
         else:
             close = difflib.get_close_matches(key, MODELS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

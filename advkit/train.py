@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
@@ -31,9 +32,9 @@ from .checkpoint import (atomic_duplicate, atomic_save, atomic_write_text, load_
 from .components import Configurable, Progress, RunSetup, StepContext
 from .config import Components, TrainConfig, load_config_file, select_components
 from .data import BatchLoader, load_dataset
-from .distributed import resolve_device
-from .errors import AdvkitError, TrainingDiverged
-from .evaluate import accuracy, validation_attack
+from .distributed import ProcessGroup, World, resolve_device
+from .errors import EXIT_PREEMPTED, AdvkitError, TrainingDiverged
+from .evaluate import correct_count, validation_attack
 from .interrupts import StopRequest
 from .models import build_model
 from .registry import Registry, default_registry
@@ -89,32 +90,51 @@ class Trainer:
         config.validate()
         self.config = config
         self.out_dir = Path(out_dir)
-        self.progress_bars = progress
-        self.device = resolve_device(config.device)
+        self.world = World.from_environment()
+        self.device = resolve_device(config.device, self.world.local_rank)
+        if config.sync_bn and self.world.distributed and self.device.type != "cuda":
+            raise AdvkitError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU use a model "
+                              "without BatchNorm, such as small-cnn-gn, for batch-size-independent results")
+        self.progress_bars = progress and self.world.is_main
         self.stop_request = StopRequest()
         self.lock = RunLock(self.out_dir)
         registry = registry or default_registry()
-        check_not_busy(self.out_dir)  # fail fast, before data and models load; acquired for real below
+        if self.world.is_main:
+            check_not_busy(self.out_dir)  # fail fast, before data and models load; acquired for real below
         resume_state = self._read_resume_state() if resume else None
-        if not resume:
+        if not resume and self.world.is_main:
             check_output_dir(self.out_dir, "--out")
+        self.group = ProcessGroup(self.world, self.device)
 
         self.components: Components = select_components(config, registry)
         splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed,
                               download=config.download)
         self.info = splits.info
         self.train_loader = BatchLoader(splits.train, config.batch_size, shuffle=True, drop_last=True,
-                                        augment=splits.info, device=self.device, seed=config.seed)
+                                        augment=splits.info, device=self.device, seed=config.seed,
+                                        rank=self.world.rank, world_size=self.world.size)
         if len(self.train_loader) == 0:
             raise AdvkitError(f"--batch-size {config.batch_size} is larger than the training split "
                               f"({len(splits.train)} examples); use a smaller batch")
-        self.val_loader = BatchLoader(splits.val, max(config.batch_size, 256), shuffle=False, drop_last=False,
+        val_share = splits.val.subset(torch.arange(self.world.rank, len(splits.val), self.world.size))
+        self.val_loader = BatchLoader(val_share, max(config.batch_size, 256), shuffle=False, drop_last=False,
                                       device=self.device)
 
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, splits.info).to(self.device)
+        if config.sync_bn and self.world.distributed:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # The outer loss runs through DDP (its backward all-reduces the gradients); attacks, validation and
+        # averages use the bare module, so an attack triggers no gradient hook and no synchronisation.
+        self.trained_model: torch.nn.Module = self.model
+        if self.world.distributed:
+            self.trained_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._rank_local_buffers = [buffer for module in self.model.modules() for buffer in module.buffers(recurse=False)
+                                    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                                    and not isinstance(module, torch.nn.SyncBatchNorm)] if self.world.distributed else []
         built = self.components.build(self.model)
         self.rectifier, self.attack, self.objective = built["rectifier"], built["attack"], built["objective"]
         self.teacher = self._load_teacher()
@@ -123,7 +143,7 @@ class Trainer:
                                          weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.update = weight_update(PlainUpdate(self.model, self.optimizer, self.scaler), config.awp,
-                                    config.awp_variant, config.awp_warmup)
+                                    config.awp_variant, config.awp_warmup, self.group.mean_gradients_)
         self.averages: dict[float, WeightAverage] = {}
         if config.wa is not None:
             self.weight_average(config.wa)
@@ -141,15 +161,19 @@ class Trainer:
         self.resolved_config = self._resolve_config()
         if resume_state is not None:
             self._check_unedited(resume_state["config"])
-            self.lock.acquire()
+            self._check_world_size(resume_state)
+            if self.world.is_main:
+                self.lock.acquire()
             try:
-                remove_stale_temporaries(self.out_dir)
+                if self.world.is_main:
+                    remove_stale_temporaries(self.out_dir)
                 self._restore(resume_state)
-                self._repair_checkpoint_pair(resume_state)
+                if self.world.is_main:
+                    self._repair_checkpoint_pair(resume_state)
             except BaseException:
                 self.lock.release()
                 raise
-        else:
+        elif self.world.is_main:
             self._prepare_out_dir()
 
     @classmethod
@@ -232,6 +256,14 @@ class Trainer:
             raise AdvkitError(f"{path} is not an advkit training checkpoint")
         return state
 
+    def _check_world_size(self, state: dict[str, Any]) -> None:
+        """Each rank's attack noise is its own random stream: another world size would be another run."""
+        saved = int(state.get("world_size", 1))
+        if saved != self.world.size:
+            launch = f"torchrun --nproc-per-node {saved} -m advkit" if saved > 1 else "advkit (without torchrun)"
+            raise AdvkitError(f"{self.out_dir / 'last.pt'} was written by a run of {saved} process(es), this one has "
+                              f"{self.world.size}; resume it with the same number: {launch} train --resume {self.out_dir}")
+
     def _check_unedited(self, saved: dict[str, Any]) -> None:
         """Resume only what was started: a setting changed since then would make a different run."""
         for key in sorted((set(saved) | set(self.resolved_config)) - RELOCATABLE_SETTINGS):
@@ -266,7 +298,12 @@ class Trainer:
                 self.model.train()
                 return self.objective.loss(ctx)
 
+        ctx.model = self.trained_model
         loss = self.update.step(ctx, compute_loss)
+        ctx.model = self.model
+        # Each rank's loss forward updated BatchNorm statistics from its own slice; rank 0's are the model's
+        # (as DDP's own buffer broadcast has it), so the EMA and ADR's teacher stay identical on every rank.
+        self.group.broadcast_(self._rank_local_buffers)
         for _, component in self._stateful():
             component.after_step(ctx)
         for average in self.averages.values():
@@ -282,7 +319,8 @@ class Trainer:
         in all, or once ``stop_request`` is set (by a signal, see ``interrupts.stop_on_signals``); a stop in
         the middle of an epoch saves a checkpoint there that ``resume_run`` continues exactly.
         """
-        self.lock.acquire()
+        if self.world.is_main:
+            self.lock.acquire()
         self.stop_request.deferring = True
         try:
             self._fit(stop_after_epoch, stop_after_steps)
@@ -299,9 +337,10 @@ class Trainer:
         epochs = tqdm(range(self.start_epoch, last_epoch), desc="epochs", initial=self.start_epoch,
                       total=config.epochs, disable=not self.progress_bars, dynamic_ncols=True)
         for epoch in epochs:
-            if self.stop_request:
+            if self._agree_to_stop(self.group.start_flag_sum(bool(self.stop_request))):
                 return
             first_step, totals = self._begin_epoch(epoch)
+            pending = None  # the stop flags of the previous step, summed over ranks in the background
             started = time.perf_counter() - totals["elapsed"]
             batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, initial=first_step,
                            total=per_epoch, disable=not self.progress_bars, dynamic_ncols=True)
@@ -316,7 +355,12 @@ class Trainer:
                 steps_done, in_epoch = iteration + 1, index + 1
                 if in_epoch % FINITE_CHECK_EVERY == 0:
                     self._check_finite(totals, epoch, in_epoch)
-                stopping = bool(self.stop_request) or (stop_after_steps is not None and steps_done >= stop_after_steps)
+                if self.world.distributed:  # every rank stops after the same step: decide on last step's flags
+                    previous, pending = pending, self.group.start_flag_sum(bool(self.stop_request))
+                    signalled = previous is not None and self._agree_to_stop(previous)
+                else:
+                    signalled = bool(self.stop_request)
+                stopping = signalled or (stop_after_steps is not None and steps_done >= stop_after_steps)
                 checkpoint_due = config.checkpoint_every is not None and steps_done % config.checkpoint_every == 0
                 if in_epoch < per_epoch and (stopping or checkpoint_due):
                     self._check_finite(totals, epoch, in_epoch)
@@ -324,39 +368,51 @@ class Trainer:
                     self._save_position(epoch, in_epoch, totals)
                     if stopping:
                         return
+            if pending is not None:
+                self.group.finish_flag_sum(pending)  # the epoch-start agreement decides on these
             self._check_finite(totals, epoch, per_epoch)
-            loss_sum, correct_sum, count = totals["sums"].tolist()
+            loss_sum, correct_sum, count = self.group.sum_(totals["sums"]).tolist()
             record = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct_sum / count,
                       "lr": self.optimizer.param_groups[0]["lr"]}
             record.update(self.validate())
             record["time_s"] = time.perf_counter() - started
             self.history.append(record)
             self._save(epoch + 1, record)
-            tqdm.write(_format_record(record, config.epochs), file=None)
+            if self.world.is_main:
+                tqdm.write(_format_record(record, config.epochs), file=None)
             if stop_after_steps is not None and (epoch + 1) * per_epoch >= stop_after_steps:
                 return
+
+    def _agree_to_stop(self, pending: Any) -> bool:
+        """Whether any rank was asked to stop (by the flags ``pending`` sums); a rank that was not adopts it."""
+        if self.group.finish_flag_sum(pending) == 0:
+            return False
+        if not self.stop_request:
+            self.stop_request.set("SIGTERM (of another process of the run)", EXIT_PREEMPTED)
+        return True
 
     def _begin_epoch(self, epoch: int) -> tuple[int, dict[str, Any]]:
         """(first step, running totals) of ``epoch``: fresh, or where a mid-epoch checkpoint left off."""
         position, self._position = self._position, None
         if position is None:
-            torch.manual_seed(self.config.seed * 1_000_003 + epoch)
+            torch.manual_seed(epoch_seed(self.config.seed, epoch, self.world.rank))
             first_step = 0
             totals = {"sums": torch.zeros(3, device=self.device),
                       "finite": torch.ones((), dtype=torch.bool, device=self.device), "elapsed": 0.0}
         else:
-            torch.set_rng_state(position["rng"])
+            torch.set_rng_state(position["rng"][self.world.rank])
             if self.device.type == "cuda" and position.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(position["cuda_rng"], self.device)
+                torch.cuda.set_rng_state(position["cuda_rng"][self.world.rank], self.device)
             first_step = int(position["step"])
-            totals = {"sums": position["sums"].to(self.device), "finite": position["finite"].to(self.device),
+            sums = position["sums"] if self.world.is_main else torch.zeros(3)  # rank 0 holds the global totals
+            totals = {"sums": sums.to(self.device), "finite": position["finite"].to(self.device),
                       "elapsed": float(position["elapsed"])}
         self.train_loader.set_epoch(epoch, first_step)
         return first_step, totals
 
     def _check_finite(self, totals: dict[str, Any], epoch: int, step: int) -> None:
         """Read the device-side flag (one host sync) and stop the run if a loss was NaN or infinite."""
-        if not bool(totals["finite"]):
+        if not self.group.all_true(totals["finite"]):
             raise self._diverged(f"the training loss became NaN or infinite in epoch {epoch + 1} "
                                  f"(within its first {step} of {len(self.train_loader)} steps)")
 
@@ -374,10 +430,13 @@ class Trainer:
         models = {"": self.model}
         if self.config.wa is not None:
             models["wa_"] = self.averages[self.config.wa].model
-        for prefix, model in models.items():
+        for prefix, model in models.items():  # each rank scores its share; the counts are summed
             attack = validation_attack(model, self.config.eps, self.config.val_steps)
-            results[f"val_{prefix}clean_acc"] = accuracy(model, self.val_loader)
-            results[f"val_{prefix}robust_acc"] = accuracy(model, self.val_loader, attack)
+            clean, robust = correct_count(model, self.val_loader), correct_count(model, self.val_loader, attack)
+            counts = self.group.sum_(torch.stack([clean, robust, torch.tensor(float(len(self.val_loader.y)),
+                                                                                device=self.device)])).tolist()
+            results[f"val_{prefix}clean_acc"] = counts[0] / counts[2] if counts[2] else 0.0
+            results[f"val_{prefix}robust_acc"] = counts[1] / counts[2] if counts[2] else 0.0
         return results
 
     # ----------------------------------------------------------------------------------------- state
@@ -394,6 +453,7 @@ class Trainer:
             "averages": {str(decay): average.state_dict() for decay, average in self.averages.items()},
             "history": self.history,
             "best": self.best,
+            "world_size": self.world.size,
         }
 
     def _save(self, epoch: int, record: dict[str, Any]) -> None:
@@ -405,23 +465,26 @@ class Trainer:
         improved = record[key] > self.best["val_robust_acc"]
         if improved:
             self.best = {"epoch": epoch, "val_robust_acc": record[key]}
+        self.last_saved = f"{self.out_dir / 'last.pt'} holds epoch {epoch}"
+        if not self.world.is_main:
+            return
         atomic_save(self._state(epoch), self.out_dir / "last.pt")
         if improved:
             atomic_duplicate(self.out_dir / "last.pt", self.out_dir / "best.pt")
         self._write_metrics()
-        self.last_saved = f"{self.out_dir / 'last.pt'} holds epoch {epoch}"
 
     def _save_position(self, epoch: int, step: int, totals: dict[str, Any]) -> None:
         """Mid-epoch checkpoint (last.pt only): the epoch-end state plus the loader position, RNG and totals."""
         if not self._weights_finite():
             raise self._diverged(f"the weights became NaN or infinite in epoch {epoch + 1}")
-        state = self._state(epoch)
-        state["position"] = {
-            "step": step, "sums": totals["sums"], "finite": totals["finite"], "elapsed": totals["elapsed"],
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-        }
-        atomic_save(state, self.out_dir / "last.pt")
+        rng = self.group.gather(torch.get_rng_state())
+        cuda_rng = self.group.gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None
+        sums = self.group.sum_(totals["sums"].clone())
+        if self.world.is_main:
+            state = self._state(epoch)
+            state["position"] = {"step": step, "sums": sums, "finite": totals["finite"], "elapsed": totals["elapsed"],
+                                 "rng": rng, "cuda_rng": cuda_rng}
+            atomic_save(state, self.out_dir / "last.pt")
         self.last_saved = f"{self.out_dir / 'last.pt'} holds step {step} of epoch {epoch + 1}"
 
     def _write_metrics(self) -> None:
@@ -454,6 +517,13 @@ class Trainer:
         if "position" not in state and best_epoch == state["epoch"] and _epoch_of(self.out_dir / "best.pt") != best_epoch:
             atomic_duplicate(self.out_dir / "last.pt", self.out_dir / "best.pt")
         self._write_metrics()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The global-RNG seed of one epoch on one rank (attack starts, dropout); rank 0 keeps the 1-process seed."""
+    if rank == 0:
+        return seed * 1_000_003 + epoch
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _epoch_of(path: Path) -> int | None:

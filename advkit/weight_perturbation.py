@@ -85,8 +85,10 @@ class AdversarialWeightPerturbation:
     the layer-wise normalisation. No perturbation before epoch ``warmup_epochs`` (0-based).
     """
 
-    def __init__(self, base: WeightUpdate, gamma: float, warmup_epochs: int = 0, proxy_lr: float = 0.01) -> None:
+    def __init__(self, base: WeightUpdate, gamma: float, warmup_epochs: int = 0, proxy_lr: float = 0.01,
+                 mean_over_ranks: Callable[[list[torch.Tensor]], None] | None = None) -> None:
         self.base = base
+        self.mean_over_ranks = mean_over_ranks
         self.model, self.optimizer, self.scaler = base.model, base.optimizer, base.scaler
         self.gamma = gamma
         self.warmup_epochs = warmup_epochs
@@ -107,6 +109,8 @@ class AdversarialWeightPerturbation:
             loss = compute_loss()
         self.proxy_optimizer.zero_grad(set_to_none=True)
         (-loss).backward()
+        if self.mean_over_ranks is not None:  # data parallel: the proxy is not DDP-wrapped, so average here
+            self.mean_over_ranks([p.grad for p in self.proxy.parameters() if p.grad is not None])
         self.proxy_optimizer.step()
         with torch.no_grad():
             difference = torch._foreach_sub(self._proxy_weights, self._weights)
@@ -161,12 +165,17 @@ class SharpnessAwarePerturbation:
         return loss
 
 
-def weight_update(base: WeightUpdate, awp: float | None, variant: str = "official", warmup_epochs: int = 0) -> WeightUpdate:
-    """The update rule a run asked for: ``base`` itself without ``--awp``, else the named variant around it."""
+def weight_update(base: WeightUpdate, awp: float | None, variant: str = "official", warmup_epochs: int = 0,
+                  mean_over_ranks: Callable[[list[torch.Tensor]], None] | None = None) -> WeightUpdate:
+    """The update rule a run asked for: ``base`` itself without ``--awp``, else the named variant around it.
+
+    ``mean_over_ranks`` averages gradients that no DDP backward reduced (AWP's proxy) under data parallelism;
+    the SAM-style variant's two backward passes both go through DDP and need nothing more.
+    """
     if awp is None:
         return base
     if variant == "official":
-        return AdversarialWeightPerturbation(base, awp, warmup_epochs)
+        return AdversarialWeightPerturbation(base, awp, warmup_epochs, mean_over_ranks=mean_over_ranks)
     if variant == "adr-sam":
         return SharpnessAwarePerturbation(base, awp, warmup_epochs)
     raise ValueError(f"unknown AWP variant '{variant}', expected one of {', '.join(AWP_VARIANTS)}")

@@ -44,12 +44,21 @@ class BatchLoader:
     The dataset is moved to ``device`` once, so a step does no host transfer. Order and augmentation depend
     only on ``(seed, epoch)``: call :meth:`set_epoch` before each epoch, and a resumed run replays exactly;
     ``start_batch`` resumes in the middle of an epoch with the very batches that were still to come.
+
+    Under data parallelism every rank draws the same permutation and augmentation and yields its own
+    slice of each global batch of ``batch_size``: rank r gets examples [r·b, (r+1)·b) of it, b =
+    batch_size / world_size, so the ranks' slices together are exactly the single-process batch.
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
-                 augment: DatasetInfo | None = None, device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 augment: DatasetInfo | None = None, device: torch.device | str = "cpu", seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise AdvkitError(f"batch size must be at least 1, got {batch_size}")
+        if batch_size % world_size or (world_size > 1 and not drop_last):
+            raise AdvkitError(f"--batch-size {batch_size} is the global batch and must divide by the number of "
+                              f"processes ({world_size}); use a multiple of {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.x = data.x.to(self.device)
         self.y = data.y.to(self.device)
@@ -82,8 +91,11 @@ class BatchLoader:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         if order is not None:
             order = order.to(self.device)
+        share = self.batch_size // self.world_size
         for i in range(self.start_batch, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            if self.world_size > 1:  # this rank's slice of the global batch
+                lo, hi = lo + self.rank * share, lo + (self.rank + 1) * share
             if order is None:
                 x, y = self.x[lo:hi], self.y[lo:hi]
             else:
