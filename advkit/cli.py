@@ -130,8 +130,9 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
     finished = bool(history) and history[-1]["epoch"] == trainer.config.epochs
     if request and not finished:
         run = trainer.out_dir
-        then = (f"continue with: advkit train --resume {run}" if (run / "last.pt").is_file() else
-                f"nothing to resume yet; start again with: advkit train --config {run / 'config.yaml'} --out {run}")
+        launch = f"torchrun --nproc-per-node {trainer.world.size} -m advkit" if trainer.world.distributed else "advkit"
+        then = (f"continue with: {launch} train --resume {run}" if (run / "last.pt").is_file() else
+                f"nothing to resume yet; start again with: {launch} train --config {run / 'config.yaml'} --out {run}")
         click.echo(f"advkit: {request.signal_name}: stopped; {trainer.last_saved} ({then})", err=True)
         sys.exit(request.exit_status)
     if history:

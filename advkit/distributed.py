@@ -108,8 +108,7 @@ class ProcessGroup:
             return
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat)
-        flat.div_(self.world.size)
-        torch._foreach_copy_(tensors, [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)])
+        _copy_back(flat.div_(self.world.size), tensors)
 
     def broadcast_(self, tensors: list[torch.Tensor]) -> None:
         """Overwrite ``tensors`` with rank 0's values, in one broadcast per dtype."""
@@ -121,7 +120,7 @@ class ProcessGroup:
         for group in by_dtype.values():
             flat = torch.cat([t.reshape(-1) for t in group])
             dist.broadcast(flat, src=0)
-            torch._foreach_copy_(group, [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in group]), group)])
+            _copy_back(flat, group)
 
     def gather(self, value: Any) -> list[Any]:
         """``value`` of every rank, in rank order (small picklable objects: RNG states)."""
@@ -148,3 +147,9 @@ class ProcessGroup:
     def close(self) -> None:
         if self.world.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _copy_back(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy the concatenation ``flat`` back into ``tensors`` (one message per collective, not one per tensor)."""
+    chunks = flat.split([t.numel() for t in tensors])
+    torch._foreach_copy_(tensors, [chunk.view_as(t) for chunk, t in zip(chunks, tensors)])
