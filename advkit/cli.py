@@ -81,6 +81,8 @@ _TRAIN_FLAGS = {
     "seed": (int, "random seed [0]"),
     "device": (str, "auto, cpu or cuda[:N] [auto]"),
     "amp": (click.Choice(["off", "bf16", "fp16"]), "automatic mixed precision [off]"),
+    "extra_data": (click.Path(), "generated training data: a .npz (image uint8 N×H×W×C, label N) or a folder of them, memory-mapped"),
+    "extra_fraction": (NUMBER, "generated share of every batch with --extra-data [0.7]; an epoch is one pass over the real data"),
     "checkpoint_every": (int, "also save last.pt every N optimizer steps, for long epochs [epoch ends only]"),
 }
 

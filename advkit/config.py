@@ -99,6 +99,8 @@ class TrainConfig:
     channels_last: Flag = False
     checkpoint_every: Integer | None = None
     sync_bn: Flag = False
+    extra_data: Text | None = None
+    extra_fraction: Number | None = None
     options: ComponentOptions = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -117,6 +119,9 @@ class TrainConfig:
             (self.lr_warmup >= 0, f"--lr-warmup must be non-negative (epochs), got {self.lr_warmup:g}"),
             (self.checkpoint_every is None or self.checkpoint_every >= 1,
              f"--checkpoint-every must be at least 1 (optimizer steps), got {self.checkpoint_every}"),
+            (self.extra_fraction is None or 0.0 < self.extra_fraction < 1.0,
+             f"--extra-fraction must lie in (0, 1) (the generated share of every batch, e.g. 0.7), got {self.extra_fraction}"),
+            (self.extra_fraction is None or self.extra_data is not None, "--extra-fraction needs --extra-data PATH"),
             (self.val_steps >= 0, f"--val-steps must be non-negative, got {self.val_steps}"),
             (self.wa is None or 0.0 < self.wa < 1.0, f"--wa must lie in (0, 1) (an EMA decay such as 0.995), got {self.wa}"),
             (self.select in ("model", "wa"), f"--select must be 'model' or 'wa', got {self.select!r}"),

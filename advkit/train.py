@@ -32,6 +32,7 @@ from .checkpoint import (atomic_duplicate, atomic_save, atomic_write_text, load_
 from .components import Configurable, Progress, RunSetup, StepContext
 from .config import Components, TrainConfig, load_config_file, select_components
 from .data import BatchLoader, load_dataset
+from .data.extra import load_extra_data
 from .distributed import ProcessGroup, World, resolve_device
 from .errors import EXIT_PREEMPTED, AdvkitError, TrainingDiverged
 from .evaluate import correct_count, validation_attack
@@ -44,7 +45,8 @@ from .weight_perturbation import weight_update
 CHECKPOINT_FORMAT = "advkit-checkpoint-1"
 FINITE_CHECK_EVERY = 100  # steps between reads of the device-side finite flag (one host sync each)
 # Settings that say where or how often a run works, not what it computes: they may change on --resume.
-RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every"})
+RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every", "extra_data"})
+DEFAULT_EXTRA_FRACTION = 0.7  # generated share of every batch with --extra-data (Wang et al. 2023 use 0.7–0.8)
 
 
 def learning_rate(config: TrainConfig, iteration: int, iterations_per_epoch: int) -> float:
@@ -110,9 +112,11 @@ class Trainer:
         splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed,
                               download=config.download)
         self.info = splits.info
+        extra = load_extra_data(config.extra_data, splits.info) if config.extra_data else None
         self.train_loader = BatchLoader(splits.train, config.batch_size, shuffle=True, drop_last=True,
                                         augment=splits.info, device=self.device, seed=config.seed,
-                                        rank=self.world.rank, world_size=self.world.size)
+                                        rank=self.world.rank, world_size=self.world.size, extra=extra,
+                                        extra_per_batch=self._extra_per_batch() if extra is not None else 0)
         if len(self.train_loader) == 0:
             raise AdvkitError(f"--batch-size {config.batch_size} is larger than the training split "
                               f"({len(splits.train)} examples); use a smaller batch")
@@ -175,6 +179,16 @@ class Trainer:
                 raise
         elif self.world.is_main:
             self._prepare_out_dir()
+
+    def _extra_per_batch(self) -> int:
+        """round(F·B) generated examples per batch (rounded per process under torchrun), at least one real."""
+        fraction = DEFAULT_EXTRA_FRACTION if self.config.extra_fraction is None else self.config.extra_fraction
+        per_rank = self.config.batch_size // self.world.size
+        count = min(max(round(fraction * per_rank), 1), per_rank - 1)
+        if per_rank < 2:
+            raise AdvkitError(f"--extra-data needs at least 2 examples per process and batch, got --batch-size "
+                              f"{self.config.batch_size} over {self.world.size} process(es)")
+        return count * self.world.size
 
     @classmethod
     def resume_run(cls, run_dir: str | Path, *, registry: Registry | None = None, progress: bool = True) -> "Trainer":
