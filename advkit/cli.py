@@ -99,6 +99,7 @@ def _train_options(function: Any) -> Any:
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum [off]")
 @click.option("--download/--no-download", default=None, help="let torchvision download a missing dataset, RobustBench a missing teacher [off]")
 @click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format [off]")
+@click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the model that attack, loss and validation call (pays off on GPUs) [off]")
 @click.option("--sync-bn/--no-sync-bn", default=None, help="under torchrun, BatchNorm statistics over the global batch (CUDA only) [off]")
 @click.option("-o", "--option", "options", multiple=True, metavar="COMPONENT.KEY=VALUE",
               help="component option, e.g. -o trades.beta=6 or -o attack.steps=5 (see advkit plugins show NAME)")

@@ -99,6 +99,7 @@ class TrainConfig:
     channels_last: Flag = False
     checkpoint_every: Integer | None = None
     sync_bn: Flag = False
+    compile: Flag = False
     extra_data: Text | None = None
     extra_fraction: Number | None = None
     options: ComponentOptions = field(default_factory=dict)

@@ -156,6 +156,8 @@ class Trainer:
                          weight_average=self.weight_average, dataset=config.dataset)
         for _, component in self._stateful():
             component.setup(setup)
+        if config.compile:  # last: the EMA copies and AWP's proxy above must be plain modules, not compiled ones
+            self.model.compile()
 
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
