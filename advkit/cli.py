@@ -471,6 +471,12 @@ def plugins_show(name: str) -> None:
             click.echo(f"  -o {name}.{option.name}  {option.type_name()}{bounds}  default {option.default!s}  — {option.help}")
 
 
+def _lost_a_peer(exc: RuntimeError) -> bool:
+    """A collective failed because another torchrun worker is gone (gloo and nccl word it differently)."""
+    text = str(exc)
+    return type(exc).__name__ == "DistBackendError" or "Connection closed by peer" in text or "Connection reset by peer" in text
+
+
 def main() -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:
@@ -493,3 +499,9 @@ def main() -> None:
     except StoppedBySignal as exc:
         click.echo(f"advkit: {exc}", err=True)
         sys.exit(exc.exit_status)
+    except RuntimeError as exc:
+        if not _lost_a_peer(exc):
+            raise
+        click.echo("advkit: error: another process of this run stopped or failed (its own message says why); "
+                   "this one ends too", err=True)
+        sys.exit(1)

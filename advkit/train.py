@@ -165,22 +165,35 @@ class Trainer:
         self._position: dict[str, Any] | None = None  # where in an epoch a mid-epoch checkpoint stopped
         self.last_saved = "no checkpoint had been written"  # where last.pt stands, in words (for stop messages)
         self.resolved_config = self._resolve_config()
-        if resume_state is not None:
-            self._check_unedited(resume_state["config"])
-            self._check_world_size(resume_state)
+        failure = None
+        try:
+            if resume_state is not None:
+                self._resume_from(resume_state)
+            elif self.world.is_main:
+                self._prepare_out_dir()
+        except AdvkitError as exc:
+            failure = exc
+        # Rank 0 alone sets up the run directory: every process learns whether that worked, so that all of
+        # them end with one line instead of waiting for a peer that is gone.
+        if not self.group.all_true(torch.tensor(failure is None, device=self.device)):
+            self.lock.release()
+            raise failure or AdvkitError("process 0 of this run could not set up the run directory (its own "
+                                         "message says why)")
+
+    def _resume_from(self, state: dict[str, Any]) -> None:
+        self._check_unedited(state["config"])
+        self._check_world_size(state)
+        if self.world.is_main:
+            self.lock.acquire()
+        try:
             if self.world.is_main:
-                self.lock.acquire()
-            try:
-                if self.world.is_main:
-                    remove_stale_temporaries(self.out_dir)
-                self._restore(resume_state)
-                if self.world.is_main:
-                    self._repair_checkpoint_pair(resume_state)
-            except BaseException:
-                self.lock.release()
-                raise
-        elif self.world.is_main:
-            self._prepare_out_dir()
+                remove_stale_temporaries(self.out_dir)
+            self._restore(state)
+            if self.world.is_main:
+                self._repair_checkpoint_pair(state)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def _extra_per_batch(self) -> int:
         """round(F·B) generated examples per batch (rounded per process under torchrun), at least one real."""

@@ -130,3 +130,13 @@ def test_sync_bn_on_cpu_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(AdvkitError, match="--sync-bn needs CUDA"):
         Trainer(TrainConfig(**BASE, sync_bn=True, device="cpu"), tmp_path / "run", progress=False)
+
+
+def test_a_setup_failure_on_rank_0_ends_every_rank_with_one_line(tmp_path):
+    run = tmp_path / "run"
+    Trainer(TrainConfig(**BASE), run, progress=False).fit()
+    done = torchrun("-m", "advkit", *ARGS, "--epochs", "1", "--out", str(run))
+    assert done.returncode != 0
+    assert f"advkit: error: run directory {run} already holds a run" in done.stderr
+    assert "advkit: error: process 0 of this run could not set up the run directory" in done.stderr
+    assert "[rank1]: Traceback" not in done.stderr and "[rank0]: Traceback" not in done.stderr
