@@ -73,6 +73,7 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(tmp_path, extra, s
     settings = {**BASE, **extra, "options": {"attack": {"start": "none"}}}
     rank0, rank1 = run_worker(settings, tmp_path / "ddp", tmp_path / "out", steps=steps)
     assert max_difference(rank0["model"], rank1["model"]) == 0.0  # the ranks never drift apart
+    assert rank0["attack_on_bare_module"] and rank0["loss_through_ddp"]  # no DDP hook fires inside the attack
     single = Trainer(TrainConfig(**settings), tmp_path / "single", progress=False)
     single.fit(stop_after_steps=steps)
     assert max_difference(rank0["model"], single.model.state_dict()) < 1e-5
