@@ -55,7 +55,7 @@ _TRAIN_FLAGS = {
     # name: (click type, help)
     "dataset": (str, "dataset: cifar10, cifar100, svhn, tiny-imagenet, mnist, fashion-mnist, digits [cifar10]"),
     "data_dir": (click.Path(file_okay=False), "folder holding the datasets [data]"),
-    "model": (str, "architecture: resnet18, preact-resnet18, wrn-D-W, mobilenetv2, small-cnn, timm:<name> [resnet18]"),
+    "model": (str, "architecture: resnet18, preact-resnet18, wrn-D-W, mobilenetv2, small-cnn, small-cnn-gn, timm:<name> [resnet18]"),
     "objective": (str, "outer loss plugin, e.g. standard, at, trades [at]"),
     "rectifier": (str, "label rectifier plugin [the objective's default, usually onehot]"),
     "attack": (str, "training attack plugin or torchattacks:<Name> [the objective's default]"),
