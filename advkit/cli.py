@@ -407,7 +407,7 @@ def plot_calibration(target: str, n_examples: int | None, batch_size: int, eps: 
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--check", is_flag=True, help="import every plugin to report broken ones")
+@click.option("--check", is_flag=True, help="import every plugin to report broken ones; exit status 1 if any is")
 @click.pass_context
 def plugins(ctx: click.Context, check: bool) -> None:
     """List installed components (kind, name, distribution, version, status)."""
@@ -426,6 +426,10 @@ def plugins(ctx: click.Context, check: bool) -> None:
     for row in [headers] + rows:
         click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
     click.echo("torchattacks attacks are available as attack torchattacks:<Name> (e.g. torchattacks:APGD)")
+    failing = [row for row in rows if row[4] == "duplicate" or row[4].startswith("broken")]
+    if check and failing:
+        click.echo(f"advkit: {len(failing)} of {len(rows)} components are broken or claimed twice", err=True)
+        sys.exit(1)
 
 
 def _load_status(registry: Any, entry: Any) -> str:

@@ -121,3 +121,11 @@ def test_advkit_attacks_are_torchattacks_attacks(tiny_net, batch):
     combined = torchattacks.MultiAttack([FGSM(tiny_net, eps=EPS), pgd])
     assert_in_ball(combined(x, y), x)
     assert torch.equal(NoAttack(tiny_net)(x, y), x)
+
+
+def test_no_attack_returns_a_copy(tiny_net, batch):
+    from advkit.builtin.attacks import NoAttack
+
+    x, y = batch
+    x_adv = NoAttack(tiny_net)(x, y)
+    assert torch.equal(x_adv, x) and x_adv.data_ptr() != x.data_ptr()

@@ -121,3 +121,18 @@ def test_builtins_are_registered_through_entry_points():
                 ("attack", "fgsm"), ("attack", "none"), ("objective", "standard"), ("objective", "at"),
                 ("objective", "trades")}
     assert expected <= builtins
+
+
+def test_plugins_check_exits_1_when_a_plugin_is_broken(plugin_root, monkeypatch, run_cli):
+    import advkit.registry
+
+    monkeypatch.setattr(advkit.registry, "_DEFAULT", Registry([str(plugin_root)]))
+    code, out, err = run_cli(["plugins", "--check"])
+    assert code == 1 and "broken: " in out and "components are broken or claimed twice" in err
+    code, out, _ = run_cli(["plugins"])  # listing alone imports nothing and judges nothing
+    assert code == 0 and "not loaded" in out
+
+
+def test_plugins_check_passes_on_the_installed_components(run_cli):
+    code, out, _ = run_cli(["plugins", "--check"])
+    assert code == 0 and "broken" not in out

@@ -90,12 +90,15 @@ class FGSM(Attack):
 
 
 class NoAttack(Attack):
-    """The identity: x_adv = x. For clean training, or to see what an objective does without an attack."""
+    """The identity: x_adv = x, as a copy (a caller may modify it in place without touching x).
+
+    For clean training, or to see what an objective does without an attack.
+    """
 
     options = ()
 
     def __call__(self, inputs: torch.Tensor, labels: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return inputs.detach()
+        return inputs.detach().clone()
 
     def forward(self, images: torch.Tensor, labels: Any = None) -> torch.Tensor:
-        return images.detach()
+        return images.detach().clone()
