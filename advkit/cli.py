@@ -1,4 +1,4 @@
-"""The ``advkit`` command line: train, eval, plugins.
+"""The ``advkit`` command line: train, eval, sanity, plot, summarize, study, plugins.
 
 User mistakes (unknown names, bad options, missing files) end with one line on stderr and exit status 2.
 """
@@ -55,7 +55,7 @@ _TRAIN_FLAGS = {
     # name: (click type, help)
     "dataset": (str, "dataset: cifar10, cifar100, svhn, tiny-imagenet, mnist, fashion-mnist, digits [cifar10]"),
     "data_dir": (click.Path(file_okay=False), "folder holding the datasets [data]"),
-    "model": (str, "architecture: resnet18, preact-resnet18, wrn-D-W, mobilenetv2, small-cnn, small-cnn-gn, timm:<name> [resnet18]"),
+    "model": (str, "architecture: resnet18, preact-resnet18, wrn-D-W, mobilenetv2, small-cnn, small-cnn-gn, cnn3, cnn3-wide, timm:<name> [resnet18]"),
     "objective": (str, "outer loss plugin, e.g. standard, at, trades [at]"),
     "rectifier": (str, "label rectifier plugin [the objective's default, usually onehot]"),
     "attack": (str, "training attack plugin or torchattacks:<Name> [the objective's default]"),
@@ -72,6 +72,8 @@ _TRAIN_FLAGS = {
     "lr_gamma": (NUMBER, "piecewise LR factor at each milestone [0.1]"),
     "lr_warmup": (NUMBER, "epochs of linear LR warmup [0]"),
     "val_size": (NUMBER, "validation examples held out from the training set: a count or a fraction [1000, or 10% of small sets]"),
+    "train_size": (int, "train on a seeded subset of this many examples, drawn after the validation split is held out [all]"),
+    "split_seed": (int, "seed of the validation split and the --train-size subset, to share one split across seeds [--seed]"),
     "val_steps": (int, "PGD steps of the per-epoch validation attack [10]"),
     "wa": (NUMBER, "keep a weight average (EMA) of the model with this decay, e.g. 0.995"),
     "select": (click.Choice(["model", "wa"]), "which model picks best.pt by validation robust accuracy [model]"),
@@ -404,6 +406,67 @@ def plot_calibration(target: str, n_examples: int | None, batch_size: int, eps: 
                          str(entropy_histograms(analysis, Path(out_dir) / "entropy.png"))]
     click.echo(format_analysis(report))
     _write_outputs(json_path, report)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="also write the table as CSV (mean, std, n per metric)")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None, help="also write the Markdown table to a file")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="PNG: validation robust-accuracy curves with ±std bands, and a bar chart with error bars")
+def summarize(runs: tuple[str, ...], csv_path: str | None, markdown_path: str | None, plot_path: str | None) -> None:
+    """Mean ± std over seeds of RUNS (run directories, or folders searched for them), as a Markdown table.
+
+    Runs are grouped by their config.yaml minus the seed (and data_dir, device, download, teacher_cache,
+    checkpoint_every). Columns: validation clean and robust accuracy at the best epoch, robust accuracy at
+    the last epoch, their gap (robust overfitting), and the test results of each eval-best.json /
+    eval-last.json that `advkit eval --json` wrote into a run; "test robust" is the worst case over the
+    attacks evaluated, "test gap" best minus last. Accuracies in %, ± the sample std over seeds.
+    """
+    from .studies.summary import csv_table, markdown_table, plot_summary, summarize_runs
+
+    _check_outputs(csv=csv_path, markdown=markdown_path, plot=plot_path)
+    groups = summarize_runs(runs)
+    table = markdown_table(groups)
+    click.echo(table, nl=False)
+    if csv_path:
+        _write_text(csv_table(groups), csv_path)
+    if markdown_path:
+        _write_text(table, markdown_path)
+    if plot_path:
+        click.echo(f"wrote {plot_summary(groups, plot_path)}")
+
+
+def _write_text(text: str, path: str) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(text, path)
+
+
+@cli.command()
+@click.argument("grid", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="study folder [the grid's out: setting]")
+@click.option("--jobs", type=int, default=None, help="runs or evaluations at a time [the grid's jobs: setting, else 1]")
+@click.option("--dry-run", is_flag=True, help="print every task and its state (done, resume, start) and exit")
+def study(grid: str, out: str | None, jobs: int | None, dry_run: bool) -> None:
+    """Train, evaluate and summarise every run of the GRID file; run it again to continue where it stopped.
+
+    \b
+    Each row of the grid trains at each seed into OUT/<row>/seed<k>, then `advkit eval` scores its best and
+    last checkpoints into eval-best.json / eval-last.json, and OUT/summary.md, .csv and .png summarise
+    the whole study. Finished runs are skipped, stopped ones resumed, a run whose teacher is another run
+    waits for it. SIGTERM or Ctrl-C stops every child cleanly (each saves its last.pt).
+    Logs: OUT/logs/. Grid format: docs/studies.md; example: examples/studies/fashion-mnist.yaml.
+    """
+    from .studies.driver import run_study
+    from .studies.grid import load_study
+
+    if jobs is not None and jobs < 1:
+        raise AdvkitError(f"--jobs must be at least 1, got {jobs}")
+    loaded = load_study(grid, out=out, jobs=jobs)
+    status = run_study(loaded, click.echo, dry_run=dry_run)
+    if status:
+        sys.exit(status)
 
 
 @cli.group(invoke_without_command=True)

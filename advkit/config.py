@@ -87,6 +87,8 @@ class TrainConfig:
     lr_gamma: Number = 0.1
     lr_warmup: Number = 0.0
     val_size: CountOrFraction | None = None
+    train_size: Integer | None = None
+    split_seed: Integer | None = None
     val_steps: Integer = 10
     wa: Number | None = None
     select: Text = "model"
@@ -123,6 +125,8 @@ class TrainConfig:
             (self.extra_fraction is None or 0.0 < self.extra_fraction < 1.0,
              f"--extra-fraction must lie in (0, 1) (the generated share of every batch, e.g. 0.7), got {self.extra_fraction}"),
             (self.extra_fraction is None or self.extra_data is not None, "--extra-fraction needs --extra-data PATH"),
+            (self.train_size is None or self.train_size >= 1, f"--train-size must be at least 1, got {self.train_size}"),
+            (self.split_seed is None or 0 <= self.split_seed < SEED_LIMIT, f"--split-seed must lie in [0, 2^32), got {self.split_seed}"),
             (self.val_steps >= 0, f"--val-steps must be non-negative, got {self.val_steps}"),
             (self.wa is None or 0.0 < self.wa < 1.0, f"--wa must lie in (0, 1) (an EMA decay such as 0.995), got {self.wa}"),
             (self.select in ("model", "wa"), f"--select must be 'model' or 'wa', got {self.select!r}"),

@@ -21,14 +21,14 @@ if TYPE_CHECKING:
     from .analysis import OutputAnalysis
 
 
-def _figure(rows: int, cols: int, width: float, height: float) -> tuple[Figure, Any]:
+def new_figure(rows: int, cols: int, width: float, height: float) -> tuple[Figure, Any]:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), layout="constrained")
     return figure, figure.subplots(rows, cols, squeeze=False)
 
 
-def _save(figure: Figure, path: str | Path) -> Path:
+def save_figure(figure: Figure, path: str | Path) -> Path:
     """Render to memory, then write atomically: a failed write never leaves half a PNG."""
     buffer = io.BytesIO()
     figure.savefig(buffer, dpi=120, format="png")
@@ -63,7 +63,7 @@ def training_curves(runs: list[str | Path], out: str | Path, labels: list[str] |
     Returns each run's best/last summary, keyed by label.
     """
     labels = labels or [Path(run).name or str(run) for run in runs]
-    figure, axes = _figure(1, 3, 15, 4.2)
+    figure, axes = new_figure(1, 3, 15, 4.2)
     acc_ax, gap_ax, lr_ax = axes[0]
     summaries = {}
     colors = [f"C{i % 10}" for i in range(len(runs))]
@@ -92,7 +92,7 @@ def training_curves(runs: list[str | Path], out: str | Path, labels: list[str] |
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    _save(figure, out)
+    save_figure(figure, out)
     return summaries
 
 
@@ -100,7 +100,7 @@ def reliability_diagram(analysis: OutputAnalysis, out: str | Path) -> Path:
     """Accuracy against confidence per bin, clean and adversarial; the gap to the diagonal is miscalibration."""
     import torch
 
-    figure, axes = _figure(1, 2, 10, 4.5)
+    figure, axes = new_figure(1, 2, 10, 4.5)
     for ax, which in zip(axes[0], ("clean", "adversarial")):
         bins = analysis.bins(which)
         edges = bins.edges.numpy()
@@ -116,14 +116,14 @@ def reliability_diagram(analysis: OutputAnalysis, out: str | Path) -> Path:
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
                title=f"{which}: ECE {100 * bins.ece:.2f}%")
         ax.legend(loc="upper left", fontsize="small")
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
 def entropy_histograms(analysis: OutputAnalysis, out: str | Path) -> Path:
     """Output entropy of correct vs wrong predictions (clean inputs), and clean vs adversarial (vs OOD)."""
     from .analysis import entropy
 
-    figure, axes = _figure(1, 2, 10, 4.2)
+    figure, axes = new_figure(1, 2, 10, 4.2)
     left, right = axes[0]
     top = math.log(analysis.clean.shape[1])  # float32 entropies can exceed ln C by an ulp: clamp
     edges = [top * i / 30 for i in range(31)]
@@ -141,4 +141,4 @@ def entropy_histograms(analysis: OutputAnalysis, out: str | Path) -> Path:
                         label=f"{name} (n={values.numel()})")
         ax.set(xlabel="entropy (nats)", ylabel="density", title=title)
         ax.legend(fontsize="small")
-    return _save(figure, out)
+    return save_figure(figure, out)

@@ -109,8 +109,9 @@ class Trainer:
         self.group = ProcessGroup(self.world, self.device)
 
         self.components: Components = select_components(config, registry)
-        splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed,
-                              download=config.download)
+        split_seed = config.seed if config.split_seed is None else config.split_seed
+        splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=split_seed,
+                              download=config.download, train_size=config.train_size)
         self.info = splits.info
         extra = load_extra_data(config.extra_data, splits.info) if config.extra_data else None
         self.train_loader = BatchLoader(splits.train, config.batch_size, shuffle=True, drop_last=True,

@@ -105,11 +105,13 @@ def default_val_size(n_train: int) -> int:
 
 
 def load_dataset(name: str, data_dir: str | Path, *, val_size: float | int | None = None, seed: int = 0,
-                 download: bool = False) -> Splits:
+                 download: bool = False, train_size: int | None = None) -> Splits:
     """Load ``name`` from ``data_dir`` and hold out a seeded validation split from its training set.
 
     ``val_size`` is a count (int) or a fraction of the training set (float in [0, 1)); ``None`` means
-    :func:`default_val_size`. The split uses its own ``torch.Generator(seed)``, never the global RNG.
+    :func:`default_val_size`. ``train_size`` keeps a seeded subset of what remains after the validation
+    split is held out (``None``: all of it). Both come from one ``torch.Generator(seed)`` permutation, never
+    the global RNG, so the subsets for growing ``train_size`` are nested and never touch the validation split.
     """
     key = name.strip().lower().replace("_", "-")
     if key not in LOADERS:
@@ -119,8 +121,9 @@ def load_dataset(name: str, data_dir: str | Path, *, val_size: float | int | Non
     info, loader = LOADERS[key]
     full_train, test = loader(Path(data_dir).expanduser(), download)
     n_val = _val_count(val_size, len(full_train))
+    n_train = len(full_train) - n_val if train_size is None else _train_count(train_size, len(full_train), n_val)
     order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(seed))
-    val_index, train_index = order[:n_val].sort().values, order[n_val:].sort().values
+    val_index, train_index = order[:n_val].sort().values, order[n_val:n_val + n_train].sort().values
     return Splits(info, full_train.subset(train_index), full_train.subset(val_index), test)
 
 
@@ -142,6 +145,15 @@ def _val_count(val_size: float | int | None, n_train: int) -> int:
         raise AdvkitError(f"--val-size {val_size} holds out {count} of {n_train} training examples and leaves none "
                           f"to train on; use a count below {n_train} or a fraction below 1")
     return count
+
+
+def _train_count(train_size: int, n_total: int, n_val: int) -> int:
+    if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1:
+        raise AdvkitError(f"--train-size must be a count of at least 1, got {train_size!r}")
+    if train_size > n_total - n_val:
+        raise AdvkitError(f"--train-size {train_size} is more than the {n_total - n_val} training examples left after "
+                          f"holding out {n_val} for validation; use at most {n_total - n_val}")
+    return train_size
 
 
 def _missing(name: str, data_dir: Path, expected: Path | str) -> AdvkitError:

@@ -1,0 +1,2 @@
+"""Studies: many runs as one experiment — summaries over seeds (``advkit summarize``) and the grid driver
+(``advkit study``)."""

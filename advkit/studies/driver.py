@@ -1,0 +1,304 @@
+"""Run a study: train every run of the grid, evaluate its checkpoints, summarise — resumably.
+
+Every piece of work is an ``advkit train`` or ``advkit eval`` child process with its own thread count and
+log file, so a study is exactly the runs a user could have launched by hand. What is already on disk
+decides what is left: a finished run is skipped, a stopped one resumed from its last.pt, an evaluation
+whose JSON is there with the same attacks is not redone. Running the same command again therefore
+continues a study after an interruption, a crash or the end of a job allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from ..checkpoint import atomic_write_text
+from ..config import load_config_file
+from ..errors import AdvkitError, RunDirectoryBusy
+from ..interrupts import StoppedBySignal, StopRequest, stop_on_signals
+from ..rundir import check_not_busy
+from .grid import Evaluation, Study, StudyRun
+from .summary import NOT_CONFIGURATION, csv_table, markdown_table, plot_summary, summarize_runs
+
+STUDY_CONFIG = "study-config.yaml"
+POLL_S = 1.0
+INTERRUPTED = (75, 130)
+
+
+@dataclass
+class Task:
+    """One child process of the study: a run's training, or the evaluation of one of its checkpoints."""
+
+    kind: str  # "train", or "eval-best" / "eval-last"
+    run: StudyRun
+    needs: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind} {self.run.name}"
+
+    @property
+    def log(self) -> Path:
+        return self.run.directory.parent.parent / "logs" / f"{self.run.row}-seed{self.run.seed}-{self.kind}.log"
+
+
+def training_state(run: StudyRun) -> str:
+    """``done`` (every epoch finished), ``resume`` (a last.pt to continue) or ``start``."""
+    metrics = run.directory / "metrics.jsonl"
+    if metrics.is_file():
+        lines = [line for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if lines and json.loads(lines[-1]).get("epoch", 0) >= run.config.epochs:
+            return "done"
+    return "resume" if (run.directory / "last.pt").is_file() else "start"
+
+
+def evaluation_done(run: StudyRun, checkpoint: str, evaluation: Evaluation) -> bool:
+    """The eval JSON exists, lists the requested attacks and scored the requested model and examples."""
+    path = eval_path(run, checkpoint)
+    if not path.is_file():
+        return False
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    wanted_model = "weight-averaged" if run.config.select == "wa" else "model"
+    return (list(report.get("accuracy", {})) == list(dict.fromkeys(evaluation.attacks[checkpoint]))
+            and report.get("model") == wanted_model and report.get("seed") == evaluation.seed
+            and 0 < report.get("n_examples", 0) <= evaluation.n_examples)
+
+
+def eval_path(run: StudyRun, checkpoint: str) -> Path:
+    return run.directory / f"eval-{checkpoint}.json"
+
+
+def check_settings_unchanged(run: StudyRun) -> None:
+    """An existing run directory must hold the run the grid asks for; a changed grid is not silently mixed in."""
+    wanted = {key: value for key, value in run.config.to_dict().items() if key not in NOT_CONFIGURATION}
+    stored_path = run.directory / STUDY_CONFIG
+    if stored_path.is_file():
+        stored = yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}
+        compared = {key: stored.get(key) for key in wanted}
+    elif (run.directory / "config.yaml").is_file():  # started by hand: compare the settings both name
+        saved = load_config_file(run.directory / "config.yaml").to_dict()
+        wanted = {key: value for key, value in wanted.items() if value is not None and key != "options"}
+        compared = {key: saved.get(key) for key in wanted}
+    else:
+        return
+    for key in sorted(wanted):
+        if wanted[key] != compared[key]:
+            raise AdvkitError(f"{run.directory} holds run {run.name} with {key}={compared[key]!r}, but the grid now "
+                              f"asks for {wanted[key]!r}; restore the grid, or delete that folder to train it again")
+
+
+def commands(task: Task, study: Study) -> list[str]:
+    """The advkit command line of a task (run through this Python, so the same install does the work)."""
+    advkit = [sys.executable, "-m", "advkit"]
+    run = task.run
+    if task.kind == "train":
+        if training_state(run) == "resume":
+            return advkit + ["train", "--resume", str(run.directory), "--quiet"]
+        return advkit + ["train", "--config", str(run.directory / STUDY_CONFIG), "--out", str(run.directory), "--quiet"]
+    checkpoint = task.kind.removeprefix("eval-")
+    evaluation = study.evaluation
+    command = advkit + ["eval", str(run.directory), "--checkpoint", checkpoint, "--n-examples", str(evaluation.n_examples),
+                        "--batch-size", str(evaluation.batch_size), "--seed", str(evaluation.seed),
+                        "--json", str(eval_path(run, checkpoint)), "--quiet"]
+    for attack in evaluation.attacks[checkpoint]:
+        command += ["--attack", attack]
+    return command + (["--wa"] if run.config.select == "wa" else [])
+
+
+def plan(study: Study) -> list[Task]:
+    """Every task in the order it is started: the grid's rows seed by seed, each run's evaluations right
+    after its training (so rows complete early), a teacher before the runs that learn from it."""
+    tasks: list[Task] = []
+    seeds = sorted({run.seed for run in study.runs})
+    for seed in seeds:
+        for run in (item for item in study.runs if item.seed == seed):
+            tasks.append(Task("train", run, [f"train {name}" for name in run.depends_on]))
+            for checkpoint, attacks in study.evaluation.attacks.items():
+                if attacks:
+                    tasks.append(Task(f"eval-{checkpoint}", run, [f"train {run.name}"]))
+    order = {task.key: index for index, task in enumerate(tasks)}
+    needed = {need for task in tasks if task.kind == "train" for need in task.needs}
+    return sorted(tasks, key=lambda task: (task.key not in needed, order[task.key]))
+
+
+def is_done(task: Task, study: Study) -> bool:
+    if task.kind == "train":
+        return training_state(task.run) == "done"
+    return evaluation_done(task.run, task.kind.removeprefix("eval-"), study.evaluation)
+
+
+def _busy(run: StudyRun) -> bool:
+    try:
+        check_not_busy(run.directory)
+    except RunDirectoryBusy:
+        return True
+    return False
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class Driver:
+    """Starts ready tasks up to ``study.jobs`` at a time and reports each start and end on one line."""
+
+    def __init__(self, study: Study, echo: Callable[[str], None]) -> None:
+        self.study = study
+        self.echo = echo
+        self.tasks = plan(study)
+        self.done = {task.key for task in self.tasks if is_done(task, study)}
+        self.failed: dict[str, str] = {}
+        self.running: dict[str, tuple[Task, subprocess.Popen[bytes], float]] = {}
+        self.waiting_elsewhere: set[str] = set()
+
+    def describe(self) -> list[str]:
+        """One line per task: what a run of the study would do with it now."""
+        lines = []
+        for task in self.tasks:
+            if task.key in self.done:
+                state = "done"
+            elif task.kind == "train":
+                state = training_state(task.run) + (", in use by another process" if _busy(task.run) else "")
+            else:
+                state = "to run"
+            lines.append(f"{task.key:40s} {state}")
+        return lines
+
+    def run(self, request: StopRequest) -> None:
+        pending = [task for task in self.tasks if task.key not in self.done]
+        total = len(self.tasks)
+        self.echo(f"study {self.study.source}: {total} tasks, {len(self.done)} already done, "
+                  f"{self.study.jobs} at a time, {self.study.threads} thread(s) each; logs in {self.study.out / 'logs'}")
+        while (pending or self.running) and not request:
+            pending = self._start_ready(pending)
+            time.sleep(POLL_S)
+            self._collect()
+        if request:
+            self._stop_children()
+            raise StoppedBySignal(request.signal_name or "SIGTERM", request.exit_status)
+
+    def _start_ready(self, pending: list[Task]) -> list[Task]:
+        left = []
+        for task in pending:
+            blocked = [need for need in task.needs if need in self.failed]
+            if blocked:
+                self.failed[task.key] = f"not run: {blocked[0]} failed"
+                self.echo(f"skip   {task.key}: {blocked[0]} failed")
+                continue
+            if len(self.running) >= self.study.jobs or any(need not in self.done for need in task.needs):
+                left.append(task)
+                continue
+            if task.kind == "train" and _busy(task.run):  # trained by a process outside this study command
+                if task.key not in self.waiting_elsewhere:
+                    self.echo(f"wait   {task.key}: its folder is in use by another process")
+                    self.waiting_elsewhere.add(task.key)
+                left.append(task)
+                continue
+            if is_done(task, self.study):  # finished elsewhere meanwhile
+                self._finish(task, "done (elsewhere)")
+                continue
+            self._launch(task)
+        return left
+
+    def _launch(self, task: Task) -> None:
+        run = task.run
+        if task.kind == "train":
+            check_settings_unchanged(run)
+            run.directory.mkdir(parents=True, exist_ok=True)
+            if not (run.directory / STUDY_CONFIG).is_file():
+                atomic_write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False), run.directory / STUDY_CONFIG)
+        task.log.parent.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, "OMP_NUM_THREADS": str(self.study.threads), "MKL_NUM_THREADS": str(self.study.threads),
+                       "PYTHONUNBUFFERED": "1"}  # the log shows each epoch as it ends
+        verb = "resume" if task.kind == "train" and training_state(run) == "resume" else "start "
+        with open(task.log, "ab") as log:
+            process = subprocess.Popen(commands(task, self.study), stdout=log, stderr=subprocess.STDOUT,
+                                       env=environment, start_new_session=True)
+        self.running[task.key] = (task, process, time.monotonic())
+        self.echo(f"{verb} {task.key}")
+
+    def _collect(self) -> None:
+        for key, (task, process, started) in list(self.running.items()):
+            status = process.poll()
+            if status is None:
+                continue
+            del self.running[key]
+            elapsed = _duration(time.monotonic() - started)
+            if status == 0 and is_done(task, self.study):
+                self._finish(task, f"done in {elapsed}")
+            elif status in INTERRUPTED:
+                self.failed[key] = f"stopped by a signal (exit {status})"
+                self.echo(f"stopped {key} after {elapsed} (exit {status}); run the study again to resume it")
+            else:
+                self.failed[key] = _last_line(task.log)
+                self.echo(f"FAILED {key} after {elapsed} (exit {status}): {self.failed[key]}  [log: {task.log}]")
+
+    def _finish(self, task: Task, how: str) -> None:
+        self.done.add(task.key)
+        self.echo(f"[{len(self.done)}/{len(self.tasks)}] {task.key}: {how}")
+
+    def _stop_children(self) -> None:
+        """Ask each child to save and stop (SIGTERM: advkit train writes a mid-epoch last.pt), then wait."""
+        for _, process, _ in self.running.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for key, (_, process, _) in self.running.items():
+            process.wait()
+            self.echo(f"stopped {key} (exit {process.returncode}); run the study again to continue")
+        self.running.clear()
+
+
+def write_summary(study: Study) -> str:
+    """summary.md, summary.csv and summary.png in the study folder, over every run with a finished epoch."""
+    with_metrics = [run.directory for run in study.runs if (run.directory / "metrics.jsonl").is_file()]
+    if not with_metrics:
+        return "no run has finished an epoch yet: nothing to summarise\n"
+    groups = summarize_runs(with_metrics)
+    table = markdown_table(groups)
+    atomic_write_text(table, study.out / "summary.md")
+    atomic_write_text(csv_table(groups), study.out / "summary.csv")
+    plot_summary(groups, study.out / "summary.png")
+    return table
+
+
+def run_study(study: Study, echo: Callable[[str], None], dry_run: bool = False) -> int:
+    """Run what is left of ``study``; 0 when every task is done, 1 when some failed (the others still ran)."""
+    driver = Driver(study, echo)
+    if dry_run:
+        for line in driver.describe():
+            echo(line)
+        return 0
+    for run in study.runs:  # a changed grid is refused before anything starts, not hours in
+        check_settings_unchanged(run)
+    request = StopRequest()
+    request.deferring = True
+    with stop_on_signals(request):
+        driver.run(request)
+    echo(write_summary(study))
+    echo(f"summary: {study.out / 'summary.md'}, {study.out / 'summary.csv'}, {study.out / 'summary.png'}")
+    if driver.failed:
+        echo(f"{len(driver.failed)} of {len(driver.tasks)} tasks did not finish: {', '.join(sorted(driver.failed))}")
+        return 1
+    return 0

@@ -1,0 +1,263 @@
+"""Many runs as one table: group by configuration minus the seed, mean ± std of each metric, Markdown and CSV.
+
+A run directory contributes its ``config.yaml`` (the grouping key), ``metrics.jsonl`` (validation curves,
+time per epoch) and any ``eval-<checkpoint>.json`` that ``advkit eval --json`` wrote into it (test-split
+results of its best or last checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from ..errors import AdvkitError
+from ..plots import read_metrics
+
+# Settings that do not change what a run computes, and the seed that a group averages over.
+NOT_CONFIGURATION = frozenset({"seed", "data_dir", "device", "download", "teacher_cache", "checkpoint_every"})
+EVAL_PREFIX = "eval-"
+
+
+@dataclass
+class RunResult:
+    """One run directory's metrics, flattened to ``{column: value}``."""
+
+    path: Path
+    config: dict[str, Any]
+    values: dict[str, float]
+    curve: list[tuple[int, float]]
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed."""
+
+    label: str
+    config: dict[str, Any]
+    runs: list[RunResult] = field(default_factory=list)
+
+    def column(self, name: str) -> list[float]:
+        return [run.values[name] for run in self.runs if name in run.values]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A metric column and how to print it (accuracies as percentages)."""
+
+    name: str
+    kind: str  # "accuracy", "seconds" or "count"
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Each path is a run directory (holds config.yaml) or a folder searched for run directories."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            raise AdvkitError(f"{path} is not a folder: pass run directories or folders that hold them")
+        if (path / "config.yaml").is_file():
+            found.append(path)
+            continue
+        inside = sorted(config.parent for config in path.rglob("config.yaml") if (config.parent / "metrics.jsonl").is_file())
+        if not inside:
+            raise AdvkitError(f"{path} holds no advkit run (no config.yaml with a metrics.jsonl beside it)")
+        found.extend(inside)
+    return list(dict.fromkeys(found))
+
+
+def read_run(path: Path) -> RunResult:
+    """The metrics of one run directory whose first epoch finished."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise AdvkitError(f"{path / 'config.yaml'} is not readable YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise AdvkitError(f"{path / 'config.yaml'} does not hold a mapping of settings")
+    records = read_metrics(path)
+    if not records:
+        raise AdvkitError(f"{path / 'metrics.jsonl'} is empty: no epoch of this run finished")
+    key = "val_wa_robust_acc" if config.get("select") == "wa" else "val_robust_acc"
+    clean_key = key.replace("robust", "clean")
+    best = max(records, key=lambda record: record[key])  # the first best epoch, as best.pt keeps it
+    last = records[-1]
+    values = {
+        "epochs": float(last["epoch"]),
+        "best epoch": float(best["epoch"]),
+        "val clean (best)": best[clean_key],
+        "val robust (best)": best[key],
+        "val robust (last)": last[key],
+        "val gap": best[key] - last[key],
+        "s/epoch": statistics.fmean(record["time_s"] for record in records),
+    }
+    for checkpoint, report in _eval_reports(path).items():
+        values.update(_eval_values(checkpoint, report))
+    headline = {checkpoint: values.get(f"test robust ({checkpoint})") for checkpoint in ("best", "last")}
+    if headline["best"] is not None and headline["last"] is not None:
+        values["test gap"] = headline["best"] - headline["last"]
+    return RunResult(path, config, values, [(record["epoch"], record[key]) for record in records])
+
+
+def _eval_reports(path: Path) -> dict[str, dict[str, Any]]:
+    reports = {}
+    for file in sorted(path.glob(f"{EVAL_PREFIX}*.json")):
+        try:
+            report = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AdvkitError(f"{file} is not a readable advkit eval JSON: {exc}") from None
+        if not isinstance(report, dict) or not isinstance(report.get("accuracy"), dict):
+            raise AdvkitError(f"{file} is not an advkit eval report (it has no 'accuracy' mapping)")
+        reports[file.stem[len(EVAL_PREFIX):]] = report
+    return reports
+
+
+def _eval_values(checkpoint: str, report: dict[str, Any]) -> dict[str, float]:
+    """Test accuracy per attack, and the headline robust accuracy: the worst case over the attacks run."""
+    values = {f"test {attack} ({checkpoint})": accuracy for attack, accuracy in report["accuracy"].items()}
+    attacks = [attack for attack in report["accuracy"] if attack != "clean"]
+    if attacks:
+        worst = report.get("worst_case")
+        values[f"test robust ({checkpoint})"] = worst if worst is not None else report["accuracy"][attacks[0]]
+    return values
+
+
+def group_runs(runs: list[RunResult]) -> list[Group]:
+    """Group by every setting except the seed (and those that do not change a run), in first-seen order."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        configuration = {key: value for key, value in run.config.items() if key not in NOT_CONFIGURATION}
+        key = json.dumps(configuration, sort_keys=True, default=str)
+        groups.setdefault(key, Group("", configuration)).runs.append(run)
+    result = list(groups.values())
+    for group, label in zip(result, _labels(result)):
+        group.label = label
+    return result
+
+
+def _labels(groups: list[Group]) -> list[str]:
+    """A group's name: its runs' common parent folder (a study's row) if that tells groups apart, else the
+    settings in which it differs from the others."""
+    parents = [{run.path.parent.name for run in group.runs} for group in groups]
+    names = [next(iter(names)) for names in parents if len(names) == 1]
+    if len(names) == len(groups) and len(set(names)) == len(names):
+        return names
+    differing = sorted({key for group in groups for key in group.config
+                        if any(other.config.get(key) != group.config.get(key) for other in groups)})
+    labels = []
+    for group in groups:
+        parts = [f"{key}={_short(group.config.get(key))}" for key in differing if key != "options"]
+        if "options" in differing:
+            parts.append("options differ")
+        labels.append(", ".join(parts) or "all runs")
+    return labels
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+
+
+def columns_of(groups: list[Group]) -> list[Column]:
+    """Validation columns, then the test columns the eval reports provide, then the gap and time."""
+    present = {name for group in groups for run in group.runs for name in run.values}
+    fixed = [Column("val clean (best)", "accuracy"), Column("val robust (best)", "accuracy"),
+             Column("val robust (last)", "accuracy"), Column("val gap", "accuracy"), Column("best epoch", "count")]
+    tests = sorted((name for name in present if name.startswith("test ") and name != "test gap"),
+                   key=lambda name: (not name.endswith("(best)"), "robust" in name, name))
+    tail = [Column("test gap", "accuracy")] if "test gap" in present else []
+    return fixed + [Column(name, "accuracy") for name in tests] + tail + [Column("s/epoch", "seconds")]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single run)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _format(values: list[float], kind: str) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    if kind == "accuracy":
+        return f"{100 * mean:.1f} ± {100 * std:.1f}" if len(values) > 1 else f"{100 * mean:.1f}"
+    if kind == "seconds":
+        return f"{mean:.0f}"
+    return f"{mean:.1f}" if len(values) > 1 and not float(mean).is_integer() else f"{mean:.0f}"
+
+
+def markdown_table(groups: list[Group]) -> str:
+    """One row per group: mean ± std over its seeds (accuracies in %, n = number of seeds)."""
+    columns = columns_of(groups)
+    header = ["run", "n"] + [column.name for column in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(columns)) + "|"]
+    for group in groups:
+        cells = [group.label, str(len(group.runs))] + [_format(group.column(column.name), column.kind) for column in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(groups: list[Group]) -> str:
+    """Machine-readable form: mean, std and n per metric, and the run directories of each group."""
+    columns = columns_of(groups)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["run", "n"] + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")] + ["run_dirs"])
+    for group in groups:
+        row: list[Any] = [group.label, len(group.runs)]
+        for column in columns:
+            values = group.column(column.name)
+            row += list(mean_std(values)) if values else ["", ""]
+        writer.writerow(row + [" ".join(str(run.path) for run in group.runs)])
+    return buffer.getvalue()
+
+
+def summarize_runs(paths: Iterable[str | Path]) -> list[Group]:
+    """Read and group every run under ``paths``."""
+    return group_runs([read_run(path) for path in find_run_dirs(paths)])
+
+
+def headline_column(groups: list[Group]) -> str:
+    """The metric a bar chart shows: test robust accuracy of the best checkpoint where evaluated, else validation."""
+    return "test robust (best)" if all(group.column("test robust (best)") for group in groups) else "val robust (best)"
+
+
+def plot_summary(groups: list[Group], out: str | Path) -> Path:
+    """Validation robust accuracy per epoch (mean line, ±std band over seeds) and a bar chart with error bars."""
+    from ..plots import new_figure, save_figure
+
+    figure, axes = new_figure(1, 2, 13.0, 4.8)
+    curves, bars = axes[0][0], axes[0][1]
+    for group in groups:
+        by_epoch: dict[int, list[float]] = {}
+        for run in group.runs:
+            for epoch, value in run.curve:
+                by_epoch.setdefault(epoch, []).append(value)
+        epochs = sorted(by_epoch)
+        stats = [mean_std(by_epoch[epoch]) for epoch in epochs]
+        means = [100 * mean for mean, _ in stats]
+        line = curves.plot(epochs, means, label=f"{group.label} (n={len(group.runs)})")[0]
+        curves.fill_between(epochs, [m - 100 * s for m, (_, s) in zip(means, stats)],
+                            [m + 100 * s for m, (_, s) in zip(means, stats)], color=line.get_color(), alpha=0.2)
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation robust accuracy (%)")
+    curves.set_title("validation robust accuracy (mean ± std over seeds)")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=7)
+    metric = headline_column(groups)
+    stats = [mean_std(group.column(metric)) for group in groups]
+    positions = list(range(len(groups)))
+    bars.bar(positions, [100 * mean for mean, _ in stats], yerr=[100 * std for _, std in stats], capsize=4, color="tab:blue")
+    bars.set_xticks(positions, [group.label for group in groups], rotation=35, ha="right", fontsize=8)
+    low = min(100 * (mean - std) for mean, std in stats)
+    high = max(100 * (mean + std) for mean, std in stats)
+    margin = max(1.0, 0.15 * (high - low))
+    bars.set_ylim(max(0.0, low - margin), min(100.0, high + margin))
+    bars.set_ylabel(f"{metric} (%)")
+    bars.set_title(f"{metric}: mean ± std over seeds")
+    bars.grid(axis="y", alpha=0.3)
+    return save_figure(figure, out)
+
