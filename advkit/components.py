@@ -33,12 +33,22 @@ class Progress:
         return self.iteration / max(self.total_iterations, 1)
 
 
+def _alone(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 @dataclass
 class RunSetup:
     """What a component may need once, before the first step (model, classes, teacher, length of training).
 
     ``weight_average(decay)`` hands out the run's shared EMA copy of the model, so a rectifier that needs
     an EMA teacher (ADR) and the ``--wa`` option share one averaged model instead of keeping two.
+
+    ``num_examples`` is the range of ``StepContext.index`` (training examples, then generated ones), for
+    per-example memories. Under torchrun each process sees its own slice of every batch: state that must
+    agree across processes goes through ``sum_over_ranks(t)`` (a summed copy) or ``gather_from_ranks(t)``
+    (every process's ``t`` concatenated along dim 0, in rank order); with one process both return ``t``.
+    They are collectives: every process must call them at the same point, with tensors of equal shape.
     """
 
     model: nn.Module
@@ -49,6 +59,11 @@ class RunSetup:
     teacher: nn.Module | None
     weight_average: Callable[[float], "WeightAverage"]
     dataset: str = ""
+    num_examples: int = 0
+    rank: int = 0
+    world_size: int = 1
+    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] = _alone
+    gather_from_ranks: Callable[[torch.Tensor], torch.Tensor] = _alone
 
 
 @dataclass
@@ -57,6 +72,9 @@ class StepContext:
 
     ``cache`` holds values computed once per step and shared between components (``cached``); the
     teacher's outputs go through ``teacher_logits`` so they are computed at most once per step.
+    ``index`` holds each example's position in the training set (stable across epochs, resume and
+    processes; see ``RunSetup.num_examples``); it is ``None`` where a caller builds a context by hand.
+    ``log_metric`` adds a per-step scalar to the epoch's record in metrics.jsonl.
     """
 
     model: nn.Module
@@ -69,7 +87,20 @@ class StepContext:
     attack_targets: torch.Tensor | None = None
     x_adv: torch.Tensor | None = None
     logits_for_accuracy: torch.Tensor | None = None
+    index: torch.Tensor | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def log_metric(self, name: str, value: torch.Tensor | float) -> None:
+        """Record a scalar for this step; the epoch's record gets its mean over the steps (and processes).
+
+        It stays on the device: nothing is read back until the epoch ends, so logging costs no host sync.
+        ``name`` becomes the metrics.jsonl key and must not be one of the trainer's own keys.
+        """
+        value = torch.as_tensor(value, device=self.x.device)
+        if value.numel() != 1:
+            raise ValueError(f"log_metric('{name}', ...) takes a scalar, got a tensor of shape {tuple(value.shape)}")
+        self.metrics[name] = value.detach().reshape(()).float()
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         """Compute ``key`` once per step; later callers get the stored value."""
@@ -121,6 +152,15 @@ class Configurable:
 
     def after_step(self, ctx: StepContext) -> None:
         """Called after every optimizer step (ADR updates nothing here; its EMA lives in the core)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of ``epoch`` (1-based), not again when a run resumes inside it."""
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> Mapping[str, float] | None:
+        """Called after ``epoch``'s validation with its record so far (train and validation metrics), before
+        its checkpoint is written, so state changed here is saved with the epoch. Return a mapping to add
+        epoch-level metrics to the record. Under torchrun every process calls it at the same point."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """State that must survive checkpoint/resume exactly (tensors and plain Python values only)."""

@@ -122,6 +122,18 @@ class ProcessGroup:
             dist.broadcast(flat, src=0)
             _copy_back(flat, group)
 
+    def concat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` (same shape on each) concatenated along dim 0 in rank order; itself alone."""
+        if not self.world.distributed:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world.size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def summed(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A copy of ``tensor`` summed over ranks (``tensor`` itself is left as it was)."""
+        return self.sum_(tensor.clone())
+
     def gather(self, value: Any) -> list[Any]:
         """``value`` of every rank, in rank order (small picklable objects: RNG states)."""
         if not self.world.distributed:

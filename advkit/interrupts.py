@@ -23,8 +23,9 @@ STOP_SIGNALS = {signal.SIGTERM: EXIT_PREEMPTED, signal.SIGUSR1: EXIT_PREEMPTED, 
 class StoppedBySignal(Exception):
     """A stop signal arrived before training began: nothing to save, so the command ends here."""
 
-    def __init__(self, signal_name: str, exit_status: int) -> None:
-        super().__init__(f"{signal_name}: stopped before training began; nothing was left half-written")
+    def __init__(self, signal_name: str, exit_status: int,
+                 what: str = "stopped before training began; nothing was left half-written") -> None:
+        super().__init__(f"{signal_name}: {what}")
         self.exit_status = exit_status
 
 

@@ -6,16 +6,23 @@
 - ``kl_by_hand``: KL(p ‖ q) of two short Python lists, for writing those expected values.
 - ``train_digits``: a complete advkit run on the embedded 8×8 digits set (seconds on a CPU), e.g. a
   small teacher for a distillation test, or an end-to-end check of a new component.
+- ``straight_and_resumed``: the same run trained straight through and stopped-then-resumed, to check
+  that a component's state survives ``--resume`` exactly.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .registry import Registry
+    from .train import Trainer
 
 
 class LogitModel(nn.Module):
@@ -51,3 +58,21 @@ def train_digits(out_dir: str | Path, objective: str = "standard", **settings: A
     values.update(settings)
     Trainer(TrainConfig(**values), out_dir, progress=False).fit()
     return Path(out_dir)
+
+
+def straight_and_resumed(config: "TrainConfig", out_dir: str | Path, stop_after_steps: int,
+                         registry: "Registry | None" = None) -> tuple["Trainer", "Trainer"]:
+    """Train ``config`` straight through (``out_dir/straight``), and again stopped after ``stop_after_steps``
+    optimizer steps (a mid-epoch checkpoint when it falls inside an epoch) and resumed (``out_dir/resumed``).
+
+    Returns both finished trainers: with every component's state in ``state_dict``, their weights, component
+    state and metrics agree exactly.
+    """
+    from .train import Trainer
+
+    straight = Trainer(config, Path(out_dir) / "straight", registry=registry, progress=False)
+    straight.fit()
+    Trainer(config, Path(out_dir) / "resumed", registry=registry, progress=False).fit(stop_after_steps=stop_after_steps)
+    resumed = Trainer.resume_run(Path(out_dir) / "resumed", registry=registry, progress=False)
+    resumed.fit()
+    return straight, resumed

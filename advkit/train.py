@@ -44,6 +44,7 @@ from .weight_perturbation import weight_update
 
 CHECKPOINT_FORMAT = "advkit-checkpoint-1"
 FINITE_CHECK_EVERY = 100  # steps between reads of the device-side finite flag (one host sync each)
+RESERVED_METRICS = frozenset({"epoch", "train_loss", "train_acc", "lr", "time_s"})  # and val_*: the trainer's keys
 # Settings that say where or how often a run works, not what it computes: they may change on --resume.
 RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every", "extra_data"})
 DEFAULT_EXTRA_FRACTION = 0.7  # generated share of every batch with --extra-data (Wang et al. 2023 use 0.7–0.8)
@@ -154,7 +155,10 @@ class Trainer:
             self.weight_average(config.wa)
         setup = RunSetup(model=self.model, num_classes=self.info.num_classes, device=self.device,
                          epochs=config.epochs, iterations_per_epoch=len(self.train_loader), teacher=self.teacher,
-                         weight_average=self.weight_average, dataset=config.dataset)
+                         weight_average=self.weight_average, dataset=config.dataset,
+                         num_examples=len(splits.train) + (len(extra) if extra is not None else 0),
+                         rank=self.world.rank, world_size=self.world.size, sum_over_ranks=self.group.summed,
+                         gather_from_ranks=self.group.concat)
         for _, component in self._stateful():
             component.setup(setup)
         if config.compile:  # last: the EMA copies and AWP's proxy above must be plain modules, not compiled ones
@@ -164,6 +168,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": None, "val_robust_acc": -1.0}
         self._position: dict[str, Any] | None = None  # where in an epoch a mid-epoch checkpoint stopped
+        self.metric_totals: dict[str, torch.Tensor] = {}  # the components' logged metrics: [sum, count] this epoch
         self.last_saved = "no checkpoint had been written"  # where last.pt stands, in words (for stop messages)
         self.resolved_config = self._resolve_config()
         failure = None
@@ -312,12 +317,16 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=dtype):
             yield
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
-        """One iteration; returns (loss, number correct) as device tensors (no host sync)."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, progress: Progress,
+                   index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration; returns (loss, number correct) as device tensors (no host sync).
+
+        The components' ``ctx.log_metric`` values are added to ``self.metric_totals`` (on the device).
+        """
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = StepContext(model=self.model, x=x, y=y, num_classes=self.info.num_classes, progress=progress,
-                          teacher=self.teacher)
+                          teacher=self.teacher, index=index)
         with self._autocast():
             ctx.targets = self.rectifier.targets(ctx)
             ctx.attack_targets = self.rectifier.attack_targets(ctx, ctx.targets)
@@ -338,9 +347,37 @@ class Trainer:
             component.after_step(ctx)
         for average in self.averages.values():
             average.update(self.model)
+        self._add_metrics(ctx.metrics)
         logits = ctx.logits_for_accuracy
         correct = (logits.argmax(dim=1) == y).sum() if logits is not None else torch.zeros((), device=y.device)
         return loss.detach(), correct
+
+    def _add_metrics(self, logged: dict[str, torch.Tensor]) -> None:
+        """Running [sum, count] per component metric, kept on the device (read once per epoch)."""
+        for name, value in logged.items():
+            if name not in self.metric_totals:
+                if name in RESERVED_METRICS or name.startswith("val_"):
+                    raise AdvkitError(f"a component logged a metric named '{name}', which is the trainer's own; "
+                                      "choose another name (e.g. prefix it with the component's name)")
+                self.metric_totals[name] = torch.zeros(2, device=self.device)
+            self.metric_totals[name] += torch.stack([value.to(self.device), torch.ones((), device=self.device)])
+
+    def _metric_means(self) -> dict[str, float]:
+        """The epoch's mean of each component metric over steps and processes (one collective for all)."""
+        if not self.metric_totals:
+            return {}
+        names = sorted(self.metric_totals)
+        totals = self.group.sum_(torch.stack([self.metric_totals[name] for name in names])).tolist()
+        return {name: total / count for name, (total, count) in zip(names, totals) if count}
+
+    def _epoch_end_hooks(self, epoch: int, record: dict[str, Any]) -> None:
+        for _, component in self._stateful():
+            extra = component.on_epoch_end(epoch, dict(record))
+            for name, value in (extra or {}).items():
+                if name in record:
+                    raise AdvkitError(f"{component.describe()} returned metric '{name}' from on_epoch_end, which the "
+                                      "record already holds; choose another name")
+                record[name] = float(value)
 
     def fit(self, stop_after_epoch: int | None = None, stop_after_steps: int | None = None) -> list[dict[str, Any]]:
         """Train to the configured number of epochs; returns the per-epoch records.
@@ -370,15 +407,18 @@ class Trainer:
             if self._agree_to_stop(self.group.start_flag_sum(bool(self.stop_request))):
                 return
             first_step, totals = self._begin_epoch(epoch)
+            if first_step == 0:
+                for _, component in self._stateful():
+                    component.on_epoch_start(epoch + 1)
             pending = None  # the stop flags of the previous step, summed over ranks in the background
             started = time.perf_counter() - totals["elapsed"]
-            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, initial=first_step,
+            batches = tqdm(self.train_loader.indexed(), desc=f"epoch {epoch + 1}", leave=False, initial=first_step,
                            total=per_epoch, disable=not self.progress_bars, dynamic_ncols=True)
-            for index, (x, y) in enumerate(batches, start=first_step):
+            for index, (x, y, examples) in enumerate(batches, start=first_step):
                 iteration = epoch * per_epoch + index
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(config, iteration, per_epoch)
-                loss, correct = self.train_step(x, y, Progress(epoch, iteration, total, per_epoch))
+                loss, correct = self.train_step(x, y, Progress(epoch, iteration, total, per_epoch), examples)
                 totals["sums"] += torch.stack([loss.float() * y.shape[0], correct.float(),
                                                torch.tensor(float(y.shape[0]), device=self.device)])
                 totals["finite"] &= torch.isfinite(loss)
@@ -404,7 +444,9 @@ class Trainer:
             loss_sum, correct_sum, count = self.group.sum_(totals["sums"]).tolist()
             record = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct_sum / count,
                       "lr": self.optimizer.param_groups[0]["lr"]}
+            record.update(self._metric_means())
             record.update(self.validate())
+            self._epoch_end_hooks(epoch + 1, record)
             record["time_s"] = time.perf_counter() - started
             self.history.append(record)
             self._save(epoch + 1, record)
@@ -437,6 +479,9 @@ class Trainer:
             sums = position["sums"] if self.world.is_main else torch.zeros(3)  # rank 0 holds the global totals
             totals = {"sums": sums.to(self.device), "finite": position["finite"].to(self.device),
                       "elapsed": float(position["elapsed"])}
+        saved_metrics = position.get("metrics", {}) if position is not None else {}
+        self.metric_totals = {name: (total if self.world.is_main else torch.zeros_like(total)).to(self.device)
+                              for name, total in saved_metrics.items()}
         self.train_loader.set_epoch(epoch, first_step)
         return first_step, totals
 
@@ -510,10 +555,11 @@ class Trainer:
         rng = self.group.gather(torch.get_rng_state())
         cuda_rng = self.group.gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None
         sums = self.group.sum_(totals["sums"].clone())
+        metrics = {name: self.group.summed(self.metric_totals[name]) for name in sorted(self.metric_totals)}
         if self.world.is_main:
             state = self._state(epoch)
             state["position"] = {"step": step, "sums": sums, "finite": totals["finite"], "elapsed": totals["elapsed"],
-                                 "rng": rng, "cuda_rng": cuda_rng}
+                                 "rng": rng, "cuda_rng": cuda_rng, "metrics": metrics}
             atomic_save(state, self.out_dir / "last.pt")
         self.last_saved = f"{self.out_dir / 'last.pt'} holds step {step} of epoch {epoch + 1}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -74,6 +75,21 @@ def interleaved_times(work: dict[str, Callable[[], object]], repeats: int, devic
             if repeat > 0:
                 times[name].append(clock() - started)
     return times
+
+
+def step_times(variants: dict[str, dict[str, object]], args: argparse.Namespace, **common: object) -> dict[str, list[float]]:
+    """Interleaved ``Trainer.train_step`` times of one trainer per variant (settings over ``common``), all on
+    the same first batch of a synthetic CIFAR-10 folder."""
+    from advkit import Progress
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {name: synthetic_trainer(Path(tmp), f"run{i}", args, **{**common, **variant})
+                    for i, (name, variant) in enumerate(variants.items())}
+        x, y = next(iter(next(iter(trainers.values())).train_loader))
+        progress = Progress(0, 0, 100, 10)
+        # .item() waits for the step to finish (benchmark only; the trainer never syncs per step)
+        return interleaved_times({name: (lambda t=trainer: t.train_step(x, y, progress)[0].item())
+                                  for name, trainer in trainers.items()}, args.repeats, args.device)
 
 
 def clock_name(device: str) -> str:

@@ -15,12 +15,8 @@ its overhead should stay near 5% (the paper reports 2.5% on a GPU).
 from __future__ import annotations
 
 import statistics
-import tempfile
-from pathlib import Path
 
-from _harness import clock_name, interleaved_times, parse_args, parser, synthetic_trainer
-
-from advkit import Progress
+from _harness import clock_name, parse_args, parser, step_times
 
 VARIANTS = {
     "AT (onehot)": {"rectifier": "onehot"},
@@ -34,14 +30,7 @@ def main() -> None:
     arguments.add_argument("--model", default="resnet18")
     args = parse_args(arguments)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: synthetic_trainer(Path(tmp), f"run{i}", args, model=args.model, objective="at", **variant)
-                    for i, (name, variant) in enumerate(VARIANTS.items())}
-        x, y = next(iter(next(iter(trainers.values())).train_loader))
-        progress = Progress(0, 0, 100, 10)
-        # .item() waits for the step to finish (benchmark only; the trainer never syncs per step)
-        times = interleaved_times({name: (lambda t=trainer: t.train_step(x, y, progress)[0].item())
-                                   for name, trainer in trainers.items()}, args.repeats, args.device)
+    times = step_times(VARIANTS, args, model=args.model, objective="at")
 
     print(f"{args.model}, 32×32, batch {args.batch_size}, PGD-10 AT step, {args.device}, {args.threads} thread(s), "
           f"{args.repeats} interleaved steps each ({clock_name(args.device)}; the minimum resists interference)")

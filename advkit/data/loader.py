@@ -40,7 +40,8 @@ def augment_batch(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: tor
 
 
 class BatchLoader:
-    """Iterates (x, y) batches: x float32 in [0, 1] on ``device``, y int64 on ``device``.
+    """Iterates (x, y) batches: x float32 in [0, 1] on ``device``, y int64 on ``device``; ``indexed()`` adds
+    each example's index.
 
     The dataset is moved to ``device`` once, so a step does no host transfer. Order and augmentation depend
     only on ``(seed, epoch)``: call :meth:`set_epoch` before each epoch, and a resumed run replays exactly;
@@ -90,6 +91,12 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y, _ in self.indexed():
+            yield x, y
+
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches (x, y, index): ``index`` (int64, on ``device``) is each example's position in the dataset,
+        the same in every epoch, after a resume and on every rank; generated examples get len(data) + j."""
         n = self.y.shape[0]
         order = torch.randperm(n, generator=_generator(self.seed, self.epoch, 0)) if self.shuffle else None
         augmenting = self.padding > 0 or self.flip
@@ -106,18 +113,15 @@ class BatchLoader:
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
             if self.world_size > 1:  # this rank's slice of the global batch
                 lo, hi = lo + self.rank * share, lo + (self.rank + 1) * share
-            if order is None:
-                x, y = self.x[lo:hi], self.y[lo:hi]
-            else:
-                index = order[lo:hi]
-                x, y = self.x[index], self.y[index]
+            index = torch.arange(lo, hi, device=self.device) if order is None else order[lo:hi]
+            x, y = (self.x[lo:hi], self.y[lo:hi]) if order is None else (self.x[index], self.y[index])
             if augmenting:
                 x = augment_batch(x, offsets[0, lo:hi], offsets[1, lo:hi], flips[lo:hi], self.padding)
             x = to_float(x)
             if self.extra is not None:
-                extra_x, extra_y = self._extra_batch(i, drawn)
-                x, y = torch.cat([x, extra_x]), torch.cat([y, extra_y])
-            yield x, y
+                extra_x, extra_y, extra_index = self._extra_batch(i, drawn)
+                x, y, index = torch.cat([x, extra_x]), torch.cat([y, extra_y]), torch.cat([index, extra_index + n])
+            yield x, y, index
 
     def _draw_extra(self) -> dict[str, torch.Tensor]:
         """This epoch's generated examples for every batch (indices) and their augmentation, from (seed, epoch)."""
@@ -129,15 +133,17 @@ class BatchLoader:
             drawn["flips"] = torch.rand(count, generator=g) < 0.5 if self.flip else torch.zeros(count, dtype=torch.bool)
         return drawn
 
-    def _extra_batch(self, batch: int, drawn: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's generated part of global batch ``batch``: read from the mapped files, moved, augmented."""
+    def _extra_batch(self, batch: int, drawn: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's generated part of global batch ``batch``: read from the mapped files, moved, augmented;
+        with each example's index in the generated set."""
         share = self.extra_per_batch // self.world_size
         lo = batch * self.extra_per_batch + self.rank * share
-        images, labels = self.extra.take(drawn["index"][lo:lo + share].numpy())
+        chosen = drawn["index"][lo:lo + share]
+        images, labels = self.extra.take(chosen.numpy())
         pin = self.device.type == "cuda"
         images = (images.pin_memory() if pin else images).to(self.device, non_blocking=pin)
         labels = (labels.pin_memory() if pin else labels).to(self.device, non_blocking=pin)
         if "offsets" in drawn:
             offsets, flips = drawn["offsets"][:, lo:lo + share].to(self.device), drawn["flips"][lo:lo + share].to(self.device)
             images = augment_batch(images, offsets[0], offsets[1], flips, self.padding)
-        return to_float(images), labels
+        return to_float(images), labels, chosen.to(self.device)

@@ -196,8 +196,11 @@ class Driver:
             time.sleep(POLL_S)
             self._collect()
         if request:
+            stopped = len(self.running)
             self._stop_children()
-            raise StoppedBySignal(request.signal_name or "SIGTERM", request.exit_status)
+            raise StoppedBySignal(request.signal_name or "SIGTERM", request.exit_status,
+                                  f"study stopped ({stopped} running task(s) saved and stopped, {len(self.done)} of "
+                                  f"{len(self.tasks)} done); run the same command again to continue")
 
     def _start_ready(self, pending: list[Task]) -> list[Task]:
         left = []
