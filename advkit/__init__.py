@@ -24,6 +24,9 @@ _EXPORTS = {
     "common_attack_options": "advkit.attacks",
     "eps_option": "advkit.attacks",
     "frozen_for_attack": "advkit.attacks",
+    "NORMS": "advkit.attacks",
+    "norm_option": "advkit.attacks",
+    "supported_norms": "advkit.attacks",
     "project": "advkit.attacks",
     "sign_ascent": "advkit.attacks",
     "start_point": "advkit.attacks",
@@ -72,8 +75,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
-    from .attacks import (BN_MODES, START_POINTS, Attack, common_attack_options, eps_option, frozen_for_attack,
-                          project, sign_ascent, start_point)
+    from .attacks import (BN_MODES, NORMS, START_POINTS, Attack, common_attack_options, eps_option,
+                          frozen_for_attack, norm_option, project, sign_ascent, start_point, supported_norms)
     from .averaging import WeightAverage
     from .checkpoint import load_trained_model, safe_load
     from .components import LabelRectifier, Objective, Progress, RunSetup, StepContext

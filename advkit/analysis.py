@@ -153,7 +153,7 @@ def match_input_shape(x: torch.Tensor, shape: tuple[int, ...], source: str) -> t
 
 
 def analyse_checkpoint(target: str | Path, attack: str = "pgd", *, ood: str | None = None, n_bins: int = 15,
-                       batch_size: int = 256, norm: str = "Linf", progress: bool = False,
+                       batch_size: int = 256, norm: str | None = None, progress: bool = False,
                        **setup: Any) -> tuple[OutputAnalysis, dict[str, Any]]:
     """Outputs of a checkpoint on clean, adversarial (``attack`` spec) and optional OOD test examples.
 
@@ -162,8 +162,8 @@ def analyse_checkpoint(target: str | Path, attack: str = "pgd", *, ood: str | No
     """
     from .evaluate import load_test_tensors, parse_attack, prepare_evaluation, run_attacks
 
-    spec = parse_attack(attack, norm)
     loaded, ctx = prepare_evaluation(target, norm=norm, **setup)
+    spec = parse_attack(attack, ctx.norm)
     x_ood = None
     if ood is not None:
         x_ood, _ = load_test_tensors(ood, setup.get("data_dir") or loaded.config.get("data_dir", "data"),

@@ -16,10 +16,12 @@ from torchattacks.attack import Attack as TorchAttack
 from torch import nn
 
 from .components import Configurable, StepContext
-from .options import Option
+from .errors import OptionError
+from .options import NORMS, Option
 
 START_POINTS = ("uniform", "uniform-noclamp", "gauss", "gauss-clamp", "tiny-uniform", "none")
 BN_MODES = ("train", "eval")
+DIVISION_EPS = 1e-10  # keeps a zero gradient's ℓ2 normalisation finite (torchattacks' eps_for_division)
 
 
 @contextmanager
@@ -43,12 +45,33 @@ def frozen_for_attack(model: nn.Module, bn_mode: str) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
-def start_point(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
-    """The first iterate of an attack; the official codes differ here (methods-spec §2)."""
+def _l2_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-example ℓ2 norms, shaped to broadcast against ``t`` (B×1×1×1 for images)."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm '{norm}', expected one of {', '.join(NORMS)}")
+
+
+def start_point(x: torch.Tensor, kind: str, eps: float, norm: str = "Linf") -> torch.Tensor:
+    """The first iterate of an attack; the official codes differ here (methods-spec §2).
+
+    ``uniform`` under ℓ2 is torchattacks PGDL2's random start: a Gaussian direction scaled to a radius
+    r·ε with r ~ U(0, 1) per example. The small-noise starts (``gauss``, ``tiny-uniform``) do not depend on
+    the norm.
+    """
+    _check_norm(norm)
     if kind == "none":
         return x.clone()
     if kind in ("uniform", "uniform-noclamp"):
-        start = x + torch.empty_like(x).uniform_(-eps, eps)
+        if norm == "Linf":
+            start = x + torch.empty_like(x).uniform_(-eps, eps)
+        else:
+            direction = torch.empty_like(x).normal_()
+            radius = torch.zeros_like(_l2_norms(direction)).uniform_(0, 1)
+            start = x + direction * (radius / _l2_norms(direction) * eps)
         return start.clamp(0.0, 1.0) if kind == "uniform" else start
     if kind in ("gauss", "gauss-clamp"):
         start = x + 0.001 * torch.randn_like(x)
@@ -58,9 +81,14 @@ def start_point(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
     raise ValueError(f"unknown start point '{kind}', expected one of {', '.join(START_POINTS)}")
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the ℓ∞ ball of radius eps around x, then into the image box [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "Linf") -> torch.Tensor:
+    """Project onto the ℓ∞ (or ℓ2) ball of radius eps around x, then into the image box [0, 1]."""
+    _check_norm(norm)
+    if norm == "Linf":
+        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+    delta = x_adv - x
+    factor = (eps / _l2_norms(delta)).clamp(max=1.0)  # a zero delta gives inf → 1: unchanged
+    return (x + delta * factor).clamp_(0.0, 1.0)
 
 
 def sign_ascent(
@@ -71,33 +99,61 @@ def sign_ascent(
     alpha: float,
     steps: int,
     start: str,
+    norm: str = "Linf",
 ) -> torch.Tensor:
-    """Projected sign-gradient ascent on ``loss_of`` (a scalar), taking input gradients only."""
+    """Projected steepest ascent on ``loss_of`` (a scalar), taking input gradients only.
+
+    The step is the steepest direction of the norm: α·sign(g) for ℓ∞, α·g/‖g‖₂ per example for ℓ2 (the
+    PGDL2 step). Each iterate is projected onto the ε-ball of that norm and into [0, 1].
+    """
     x = x.detach()
-    x_adv = start_point(x, start, eps)
+    x_adv = start_point(x, start, eps, norm)
     if steps == 0:
-        return project(x_adv, x, eps)
+        return project(x_adv, x, eps, norm)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(loss_of(x_adv), x_adv)
-        x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
+        direction = grad.sign() if norm == "Linf" else grad / (_l2_norms(grad) + DIVISION_EPS)
+        x_adv = project(x_adv.detach() + alpha * direction, x, eps, norm)
     return x_adv
 
 
 def eps_option(default: float = 8 / 255) -> Option:
-    """The ε option every ℓ∞ attack declares, so ``--eps`` reaches all of them the same way."""
-    return Option("eps", float, default, "ℓ∞ radius in [0, 1] pixel units (8/255 accepted)", low=0.0, high=1.0)
+    """The ε option every attack declares, so ``--eps`` reaches all of them the same way (in the units of
+    the attack's norm: an ℓ∞ radius must lie in [0, 1], checked when the attack is built)."""
+    return Option("eps", float, default, "radius in pixel units (images in [0, 1]), in the attack's norm (ℓ∞ e.g. 8/255, "
+                  "ℓ2 e.g. 0.5); set by the run's --eps", low=0.0)
 
 
-def common_attack_options(start: str, bn_mode: str, steps: int = 10) -> tuple[Option, ...]:
-    """Options every iterative training attack shares; plugins reuse them instead of redeclaring."""
+def norm_option(norms: tuple[str, ...] = NORMS) -> Option:
+    """The threat model of an attack that supports several; set by the run's --norm."""
+    return Option("norm", str, norms[0], "threat model (set by the run's --norm): Linf sign steps in the ε-box, "
+                  "L2 normalised-gradient steps in the ε-ball", choices=norms)
+
+
+def common_attack_options(start: str, bn_mode: str, steps: int = 10,
+                          norms: tuple[str, ...] = ("Linf",)) -> tuple[Option, ...]:
+    """Options every iterative training attack shares; plugins reuse them instead of redeclaring.
+
+    ``norms`` beyond ℓ∞ add a ``norm`` option; the attack must then pass ``norm=self.norm`` to
+    ``sign_ascent`` / ``project`` / ``start_point``.
+    """
     return (
         eps_option(),
         Option("alpha", float, None, "step size; default eps/4", low=0.0, optional=True),
-        Option("steps", int, steps, "number of sign-gradient steps", low=0),
+        Option("steps", int, steps, "number of ascent steps", low=0),
         Option("start", str, start, "start point", choices=START_POINTS),
         Option("bn_mode", str, bn_mode, "model mode during the attack (BatchNorm batch stats in train)", choices=BN_MODES),
-    )
+    ) + ((norm_option(norms),) if norms != ("Linf",) else ())
+
+
+def supported_norms(attack_class: type) -> tuple[str, ...]:
+    """The norms an advkit attack declares through its ``norm`` option: ℓ∞ alone when it has an ``eps`` but
+    no ``norm`` option, every norm when it has neither (it has no radius: the identity attack)."""
+    names = {option.name: option for option in getattr(attack_class, "options", ())}
+    if "norm" in names:
+        return tuple(names["norm"].choices)
+    return ("Linf",) if "eps" in names else NORMS
 
 
 class Attack(TorchAttack, Configurable):
@@ -115,6 +171,8 @@ class Attack(TorchAttack, Configurable):
     def __init__(self, model: nn.Module, **values: Any) -> None:
         TorchAttack.__init__(self, type(self).__name__, model)
         self.configure(values)
+        if getattr(self, "norm", "Linf") == "Linf" and getattr(self, "eps", 0.0) > 1.0:
+            raise OptionError(f"{self.describe()}: option 'eps' is an ℓ∞ radius and must lie in [0, 1], got {self.eps:g}")
 
     @property
     def step_size(self) -> float:

@@ -62,7 +62,8 @@ _TRAIN_FLAGS = {
     "teacher": (str, "teacher: robustbench:NAME, timm:NAME, a run directory or a checkpoint file"),
     "teacher_arch": (str, "architecture of a plain state_dict teacher file"),
     "teacher_cache": (click.Path(file_okay=False), "folder of RobustBench teacher checkpoints [DATA_DIR/robustbench]"),
-    "eps": (NUMBER, "ℓ∞ radius for the training attack and validation, e.g. 8/255 [8/255]"),
+    "eps": (NUMBER, "radius of the training attack and validation in --norm's units: ℓ∞ e.g. 8/255 [8/255]; ℓ2 (required) e.g. 0.5"),
+    "norm": (click.Choice(["Linf", "L2"]), "threat model of the training attack, validation and advkit eval's default [Linf]"),
     "epochs": (int, "number of epochs [10]"),
     "batch_size": (int, "global batch size: under torchrun each of N processes trains on batch/N [128]"),
     "lr": (NUMBER, "peak learning rate [0.1]"),
@@ -194,6 +195,7 @@ Attacks: --attack NAME or NAME:KEY=VALUE,KEY=VALUE (defaults shown), repeatable:
   square:queries=5000,restarts=1,p_init=0.8 official Square (query-based black box)
   autoattack:version=standard               official AutoAttack (pyautoattack)
   transfer:steps=20,alpha=ε/4,restarts=1    PGD crafted on --surrogate
+  plugin:<name>[:KEY=VALUE,...]             an installed advkit attack (advkit plugins), e.g. plugin:n-fgsm
   torchattacks:<Name>[:KEY=VALUE,...]       any torchattacks attack
 --list-attacks prints every option; docs/evaluation.md explains each attack."""
 
@@ -208,8 +210,33 @@ def _list_attacks(ctx: click.Context, param: Any, value: bool) -> None:
         for option in spec.options:
             bounds = f" {option.range_text()}" if option.range_text() else ""
             click.echo(f"    {option.name}  {option.type_name()}{bounds}  default {option.default!s}  — {option.help}")
+    _list_plugin_attacks()
     click.echo("torchattacks:<Name>  [torchattacks]  — options as in its constructor (see advkit plugins show torchattacks:<Name>)")
     ctx.exit()
+
+
+def _list_plugin_attacks() -> None:
+    """Installed advkit attacks as ``plugin:<name>``; one that fails to import is listed with its error."""
+    from .attacks import supported_norms
+    from .errors import PluginError
+    from .registry import component_options, default_registry
+
+    registry = default_registry()
+    for entry in registry.entries("attack"):
+        if entry.entry_point is None:
+            continue
+        where = f"plugin:{entry.name}  [{entry.distribution} {entry.version}"
+        try:
+            cls = registry.load("attack", entry.name)
+        except PluginError as exc:
+            click.echo(f"{where}]  — failed to load: {exc}")
+            continue
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{where}; norms {', '.join(supported_norms(cls))}]  — {summary} (run in eval mode, --eps and --norm as given)")
+        for option in component_options(cls):
+            if option.name not in ("eps", "norm"):
+                bounds = f" {option.range_text()}" if option.range_text() else ""
+                click.echo(f"    {option.name}  {option.type_name()}{bounds}  default {option.default!s}  — {option.help}")
 
 
 def _model_options(n_examples: int | None) -> Any:
@@ -220,7 +247,7 @@ def _model_options(n_examples: int | None) -> Any:
                      help="seeded random subset of the test split" + ("" if n_examples else " [all]")),
         click.option("--batch-size", type=int, default=256, show_default=True),
         click.option("--eps", type=NUMBER, default=None, help="attack radius, e.g. 8/255 [the run's --eps; needed with --norm L2]"),
-        click.option("--norm", type=click.Choice(["Linf", "L2"]), default="Linf", show_default=True, help="threat model"),
+        click.option("--norm", type=click.Choice(["Linf", "L2"]), default=None, help="threat model [the run's --norm]"),
         click.option("--seed", type=int, default=0, show_default=True, help="seed of the subset and of the attacks"),
         click.option("--wa", "averaged", is_flag=True, help="use the weight-averaged (EMA) model of a run trained with --wa"),
         click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
@@ -237,7 +264,7 @@ def _model_options(n_examples: int | None) -> Any:
     return decorate
 
 
-def _check_model_options(n_examples: int | None, batch_size: int, eps: float | None, norm: str) -> None:
+def _check_model_options(n_examples: int | None, batch_size: int, eps: float | None, norm: str | None) -> None:
     if n_examples is not None and n_examples < 1:
         raise AdvkitError(f"--n-examples must be at least 1, got {n_examples}")
     if batch_size < 1:
@@ -283,7 +310,7 @@ _QUIET = click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--list-attacks", is_flag=True, is_eager=True, expose_value=False, callback=_list_attacks,
               help="list the evaluation attacks with all their options, and exit")
 def evaluate(target: str, attacks: tuple[str, ...], n_examples: int | None, batch_size: int, eps: float | None,
-             norm: str, seed: int, averaged: bool, which: str, data_dir: str | None, device: str,
+             norm: str | None, seed: int, averaged: bool, which: str, data_dir: str | None, device: str,
              surrogate: str | None, json_path: str | None, markdown_path: str | None, quiet: bool) -> None:
     """Accuracy of TARGET (a run directory's best.pt, or a checkpoint file) under each attack, on the test split.
 
@@ -310,7 +337,7 @@ def evaluate(target: str, attacks: tuple[str, ...], n_examples: int | None, batc
 @_JSON
 @_MARKDOWN
 @_QUIET
-def sanity(target: str, n_examples: int | None, batch_size: int, eps: float | None, norm: str, seed: int,
+def sanity(target: str, n_examples: int | None, batch_size: int, eps: float | None, norm: str | None, seed: int,
            averaged: bool, which: str, data_dir: str | None, device: str, surrogate: str | None, queries: int,
            tolerance: float, json_path: str | None, markdown_path: str | None, quiet: bool) -> None:
     """Gradient-masking checks on TARGET; exit status 1 if any check fails.
@@ -381,7 +408,7 @@ def plot_curves(runs: tuple[str, ...], out: str, json_path: str | None) -> None:
               help="folder for reliability.png and entropy.png")
 @_JSON
 @_QUIET
-def plot_calibration(target: str, n_examples: int | None, batch_size: int, eps: float | None, norm: str, seed: int,
+def plot_calibration(target: str, n_examples: int | None, batch_size: int, eps: float | None, norm: str | None, seed: int,
                      averaged: bool, which: str, data_dir: str | None, device: str, attack: str, ood: str | None,
                      bins: int, out_dir: str, json_path: str | None, quiet: bool) -> None:
     """Calibration and output entropy of TARGET on clean and adversarial test examples (ADR §3.2).

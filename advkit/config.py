@@ -19,12 +19,13 @@ import yaml
 
 from .components import Configurable
 from .errors import AdvkitError, OptionError
-from .options import parse_float, plain
+from .options import NORMS, parse_float, plain
 from .registry import Registry, build_attack, component_options, foreign_attack_options
 from .weight_perturbation import AWP_VARIANTS
 
 ROLES = ("rectifier", "attack", "objective")
 SEED_LIMIT = 2**32
+DEFAULT_LINF_EPS = 8 / 255
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ class TrainConfig:
     teacher: Text | None = None
     teacher_arch: Text | None = None
     teacher_cache: Text | None = None
-    eps: Number = 8 / 255
+    eps: Number | None = None
+    norm: Text = "Linf"
     epochs: Integer = 10
     batch_size: Integer = 128
     lr: Number = 0.1
@@ -107,10 +109,21 @@ class TrainConfig:
     options: ComponentOptions = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Types (the schema) and ranges of the run-level settings; component options are the components' job."""
+        """Types (the schema) and ranges of the run-level settings; component options are the components' job.
+
+        An unset ``eps`` becomes the ℓ∞ default 8/255; under ℓ2 it must be given (its scale differs).
+        """
         check_types(dataclasses.asdict(self), None)
+        if self.norm not in NORMS:
+            raise AdvkitError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.eps is None:
+            if self.norm != "Linf":
+                raise AdvkitError(f"--norm {self.norm} needs --eps: an ℓ2 radius in pixel units of images in [0, 1], e.g. 0.5 on "
+                                  "CIFAR-10 (the default 8/255 is an ℓ∞ radius)")
+            self.eps = DEFAULT_LINF_EPS
         checks = [
-            (0.0 <= self.eps <= 1.0, f"--eps must lie in [0, 1] (pixel units, e.g. 8/255), got {self.eps:g}"),
+            (self.eps >= 0.0 and (self.norm != "Linf" or self.eps <= 1.0),
+             f"--eps must lie in [0, 1] for Linf (pixel units, e.g. 8/255) and be non-negative for L2, got {self.eps:g}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (0 <= self.seed < SEED_LIMIT, f"--seed must lie in [0, 2^32), got {self.seed}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
@@ -157,6 +170,8 @@ def _plain_tree(value: Any) -> Any:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# A setting's default is also the value it had before it existed: configs written by older versions lack it.
+SETTING_DEFAULTS = {f.name: f.default for f in _FIELDS.values() if f.default is not dataclasses.MISSING}
 _SCHEMA = pydantic.TypeAdapter(TrainConfig)
 
 
@@ -310,11 +325,26 @@ def select_components(config: TrainConfig, registry: Registry) -> Components:
     if config.attack is None:
         options["attack"].update(objective_cls.default_attack_options)
     attack_keys = {option.name for option in component_options(classes["attack"])}
-    if "eps" in attack_keys:
+    _check_norm_support(names["attack"], classes["attack"], config.norm)
+    if "eps" in attack_keys:  # in the units of --norm, which the attack supports (checked above)
         options["attack"]["eps"] = config.eps
+    if "norm" in attack_keys:
+        options["attack"]["norm"] = config.norm
     for prefix, values in config.options.items():
         _route(prefix, values, names, classes, options)
+    if "norm" in attack_keys and options["attack"]["norm"] != config.norm:
+        raise AdvkitError(f"attack option norm={options['attack']['norm']} differs from the run's --norm {config.norm}: "
+                          "set the threat model with --norm (it also drives validation and advkit eval)")
     return Components(names, classes, options)
+
+
+def _check_norm_support(name: str, attack_class: type, norm: str) -> None:
+    """An advkit attack declares its norms (its ``norm`` option); a torchattacks attack keeps its own."""
+    from .attacks import Attack, supported_norms
+
+    if isinstance(attack_class, type) and issubclass(attack_class, Attack) and norm not in supported_norms(attack_class):
+        raise AdvkitError(f"attack '{name}' supports --norm {' and '.join(supported_norms(attack_class))} only, not "
+                          f"{norm}; choose an attack that does (pgd, fgsm, trades-kl) or --norm Linf")
 
 
 def _route(prefix: str, values: Mapping[str, Any], names: dict[str, str], classes: dict[str, type], options: dict[str, dict[str, Any]]) -> None:

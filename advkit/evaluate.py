@@ -21,22 +21,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import Attack, frozen_for_attack
+from .attacks import Attack, frozen_for_attack, supported_norms
 from .builtin.attacks import FGSM, PGD
 from .errors import AdvkitError
-from .options import Option, resolve_options
+from .options import NORMS, Option, resolve_options
 from .registry import TORCHATTACKS_PREFIX, Registry, build_attack, component_options, default_registry
 
-NORMS = ("Linf", "L2")
+PLUGIN_PREFIX = "plugin:"  # an installed advkit attack (advkit plugins), evaluated as a torchattacks one
 NEEDS_SURROGATE = "attack 'transfer' needs --surrogate CHECKPOINT_OR_RUN (the model it is crafted on)"
 
 
 # ------------------------------------------------------------------------------------- validation
-def validation_attack(model: nn.Module, eps: float, steps: int) -> Attack | None:
-    """PGD-k with α = ε/4 and a uniform start, in eval mode: the per-epoch model-selection attack."""
+def validation_attack(model: nn.Module, eps: float, steps: int, norm: str = "Linf") -> Attack | None:
+    """PGD-k in the run's norm with α = ε/4 and a uniform start, in eval mode: the per-epoch model-selection attack."""
     if steps == 0 or eps == 0:
         return None
-    return PGD(model, eps=eps, steps=steps, start="uniform", bn_mode="eval")
+    return PGD(model, eps=eps, steps=steps, start="uniform", bn_mode="eval", norm=norm)
 
 
 def correct_count(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: Any = None,
@@ -402,10 +402,16 @@ class AttackSpec:
     def build(self, ctx: AttackContext, registry: Registry | None = None) -> AttackRunner:
         if self.name in EVAL_ATTACKS:
             return EVAL_ATTACKS[self.name].build(ctx, self.options)
-        cls = (registry or default_registry()).load("attack", self.name)
+        cls = _registered_attack(self.name, registry)
         values = dict(self.options)
-        if "eps" in {option.name for option in component_options(cls)}:
+        keys = {option.name for option in component_options(cls)}
+        if "eps" in keys:
             values.setdefault("eps", ctx.eps)
+        if self.name.startswith(PLUGIN_PREFIX):  # the evaluation's threat model; BatchNorm statistics untouched
+            if "norm" in keys:
+                values.setdefault("norm", ctx.norm)
+            if "bn_mode" in keys:
+                values.setdefault("bn_mode", "eval")
         return PerBatch(build_attack(cls, ctx.model, values))
 
     def describe(self, ctx: AttackContext) -> str:
@@ -439,12 +445,20 @@ def parse_attack(text: str, norm: str = "Linf", registry: Registry | None = None
         if norm not in spec.norms:
             raise AdvkitError(f"attack '{name}' supports --norm {' or '.join(spec.norms)}, not {norm}")
         return AttackSpec(text, name, resolve_options(spec.options, raw, f"attack '{name}'"))
-    if name.startswith(TORCHATTACKS_PREFIX):
-        cls = (registry or default_registry()).load("attack", name)
+    if name.startswith((TORCHATTACKS_PREFIX, PLUGIN_PREFIX)):
+        cls = _registered_attack(name, registry)
+        if name.startswith(PLUGIN_PREFIX) and norm not in supported_norms(cls):
+            raise AdvkitError(f"attack '{name}' supports --norm {' or '.join(supported_norms(cls))}, not {norm}")
         resolve_options(component_options(cls), raw, f"attack '{name}'")  # fail early on a bad key or value
         return AttackSpec(text, name, dict(raw))
     raise AdvkitError(f"unknown evaluation attack '{name}' (available: {', '.join(EVAL_ATTACKS)}, "
-                      "torchattacks:<Name>; options as name:key=value, e.g. pgd:steps=50)")
+                      "plugin:<name>, torchattacks:<Name>; options as name:key=value, e.g. pgd:steps=50)")
+
+
+def _registered_attack(name: str, registry: Registry | None) -> type:
+    """The class behind ``torchattacks:<Name>`` or ``plugin:<name>`` (an installed training attack)."""
+    key = name[len(PLUGIN_PREFIX):] if name.startswith(PLUGIN_PREFIX) else name
+    return (registry or default_registry()).load("attack", key)
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -516,12 +530,16 @@ class EvalSetup:
     device: torch.device
     averaged: bool
 
-    def context(self, eps: float | None, norm: str, seed: int, surrogate: nn.Module | None = None) -> AttackContext:
-        """The attack context; ε defaults to the run's training radius, which is an ℓ∞ one."""
+    def context(self, eps: float | None, norm: str | None, seed: int, surrogate: nn.Module | None = None) -> AttackContext:
+        """The attack context; the threat model and ε default to the run's (``--norm``, ``--eps`` of training)."""
+        run_norm = str(self.config.get("norm", "Linf"))
+        norm = run_norm if norm is None else norm
         if eps is None:
-            if norm != "Linf":
-                raise AdvkitError(f"--norm {norm} needs --eps: the run's eps is an ℓ∞ radius")
-            eps = float(self.config.get("eps", 8 / 255))
+            if norm != run_norm:
+                raise AdvkitError(f"--norm {norm} needs --eps: the run's eps is an {run_norm} radius")
+            eps = float(self.config.get("eps") or 8 / 255)
+        if norm == "Linf" and eps > 1:
+            raise AdvkitError(f"--eps must lie in [0, 1] for Linf (pixel units, e.g. 8/255), got {eps:g}")
         return AttackContext(model=self.model, eps=eps, norm=norm, num_classes=self.info.num_classes, seed=seed,
                              surrogate=surrogate)
 
@@ -564,12 +582,12 @@ def load_surrogate(target: str | Path, info: Any, device: torch.device, which: s
     return model
 
 
-def prepare_evaluation(target: str | Path, *, eps: float | None = None, norm: str = "Linf", seed: int = 0,
+def prepare_evaluation(target: str | Path, *, eps: float | None = None, norm: str | None = None, seed: int = 0,
                        surrogate: str | Path | None = None, which: str = "best", averaged: bool = False,
                        device: str = "auto", data_dir: str | None = None, n_examples: int | None = None
                        ) -> tuple[EvalSetup, AttackContext]:
     """Model, examples and attack context shared by ``advkit eval``, ``sanity`` and ``plot calibration``."""
-    if norm not in NORMS:
+    if norm is not None and norm not in NORMS:
         raise AdvkitError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
     setup = load_eval_setup(target, which=which, averaged=averaged, device=device, data_dir=data_dir,
                             n_examples=n_examples, seed=seed)
@@ -578,7 +596,7 @@ def prepare_evaluation(target: str | Path, *, eps: float | None = None, norm: st
 
 
 def evaluate_checkpoint(target: str | Path, attacks: list[str], *, n_examples: int | None = None,
-                        batch_size: int = 256, eps: float | None = None, norm: str = "Linf", seed: int = 0,
+                        batch_size: int = 256, eps: float | None = None, norm: str | None = None, seed: int = 0,
                         averaged: bool = False, which: str = "best", data_dir: str | None = None,
                         device: str = "auto", surrogate: str | Path | None = None, progress: bool = False,
                         registry: Registry | None = None) -> dict[str, Any]:
@@ -586,11 +604,14 @@ def evaluate_checkpoint(target: str | Path, attacks: list[str], *, n_examples: i
 
     ``attacks`` are specs such as ``"pgd:steps=50"`` (docs/evaluation.md); the report is JSON-ready.
     """
-    specs = [parse_attack(text, norm, registry) for text in dict.fromkeys(attacks)]
-    if any(spec.needs_surrogate for spec in specs) and surrogate is None:
-        raise AdvkitError(NEEDS_SURROGATE)
+    texts = list(dict.fromkeys(attacks))
+    for text in texts:  # a mistake in the attack list is reported before anything loads
+        parse_attack(text, norm or "Linf", registry)
     loaded, ctx = prepare_evaluation(target, eps=eps, norm=norm, seed=seed, surrogate=surrogate, which=which,
                                      averaged=averaged, device=device, data_dir=data_dir, n_examples=n_examples)
+    specs = [parse_attack(text, ctx.norm, registry) for text in texts]  # the run's norm when none was given
+    if any(spec.needs_surrogate for spec in specs) and surrogate is None:
+        raise AdvkitError(NEEDS_SURROGATE)
     results = run_attacks(ctx, loaded.x, loaded.y, specs, batch_size=batch_size, progress=progress,
                           keep_adversarial=False, registry=registry)
     worst = worst_case(results)

@@ -16,6 +16,8 @@ from .errors import OptionError
 
 _FRACTION = re.compile(r"^\s*([-+]?[0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
 
+NORMS = ("Linf", "L2")  # the threat models: attacks, training, validation and evaluation share these names
+
 
 def parse_float(text: Any) -> float:
     """Parse a float, accepting fractions such as ``8/255`` (the usual way to write ε)."""

@@ -30,7 +30,7 @@ from .averaging import WeightAverage
 from .checkpoint import (atomic_duplicate, atomic_save, atomic_write_text, load_state_dict_or_explain,
                          remove_stale_temporaries, safe_load, write_failed)
 from .components import Configurable, Progress, RunSetup, StepContext
-from .config import Components, TrainConfig, load_config_file, select_components
+from .config import SETTING_DEFAULTS, Components, TrainConfig, load_config_file, select_components
 from .data import BatchLoader, load_dataset
 from .data.extra import load_extra_data
 from .distributed import ProcessGroup, World, resolve_device
@@ -38,7 +38,8 @@ from .errors import EXIT_PREEMPTED, AdvkitError, TrainingDiverged
 from .evaluate import correct_count, validation_attack
 from .interrupts import StopRequest
 from .models import build_model
-from .registry import Registry, default_registry
+from .options import plain
+from .registry import Registry, component_options, default_registry
 from .rundir import LOCK_NAME, RunLock, check_not_busy, check_output_dir
 from .weight_perturbation import weight_update
 
@@ -300,12 +301,24 @@ class Trainer:
                               f"{self.world.size}; resume it with the same number: {launch} train --resume {self.out_dir}")
 
     def _check_unedited(self, saved: dict[str, Any]) -> None:
-        """Resume only what was started: a setting changed since then would make a different run."""
-        for key in sorted((set(saved) | set(self.resolved_config)) - RELOCATABLE_SETTINGS):
-            if saved.get(key) != self.resolved_config.get(key):
+        """Resume only what was started: a setting changed since then would make a different run.
+
+        A setting or component option that a checkpoint of an older advkit lacks counts as its default.
+        """
+        saved = {**saved, "options": self._with_option_defaults(saved.get("options", {}))}
+        current = {**self.resolved_config, "options": self._with_option_defaults(self.resolved_config.get("options", {}))}
+        for key in sorted((set(saved) | set(current)) - RELOCATABLE_SETTINGS):
+            if saved.get(key, SETTING_DEFAULTS.get(key)) != current.get(key, SETTING_DEFAULTS.get(key)):
                 raise AdvkitError(f"{self.out_dir / 'config.yaml'} was changed since the run started: {key} is "
                                   f"{self.resolved_config.get(key)!r} there but {saved.get(key)!r} in last.pt; "
                                   "restore it, or start a new run with --config")
+
+    def _with_option_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        filled = {role: dict(values) for role, values in options.items()}
+        for role, cls in self.components.classes.items():
+            for option in component_options(cls):
+                filled.setdefault(role, {}).setdefault(option.name, plain(option.default))
+        return filled
 
     # ----------------------------------------------------------------------------------------- loop
     @contextlib.contextmanager
@@ -506,7 +519,7 @@ class Trainer:
         if self.config.wa is not None:
             models["wa_"] = self.averages[self.config.wa].model
         for prefix, model in models.items():  # each rank scores its share; the counts are summed
-            attack = validation_attack(model, self.config.eps, self.config.val_steps)
+            attack = validation_attack(model, self.config.eps, self.config.val_steps, self.config.norm)
             clean, robust = correct_count(model, self.val_loader), correct_count(model, self.val_loader, attack)
             counts = self.group.sum_(torch.stack([clean, robust, torch.tensor(float(len(self.val_loader.y)),
                                                                                 device=self.device)])).tolist()

@@ -170,3 +170,23 @@ def test_the_plugin_guides_example_trains_and_logs_its_metrics(tmp_path, monkeyp
     for record in records(run):
         assert 0.1 <= record["past_confidence"] <= 1.0 and record["past_memory_change"] > 0
     assert not torch.allclose(trainer.rectifier.memory, torch.full_like(trainer.rectifier.memory, 0.1))
+
+
+def test_eval_runs_and_lists_installed_attacks_as_plugin_names(tmp_path):
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+    from advkit.testing import train_digits
+
+    run = train_digits(tmp_path / "run")
+    listing = CliRunner().invoke(cli, ["eval", "--list-attacks"])
+    assert listing.exit_code == 0 and "plugin:pgd  [advkit" in listing.output and "norms Linf, L2" in listing.output
+    result = CliRunner().invoke(cli, ["eval", str(run), "--attack", "clean", "--attack", "plugin:pgd:steps=3",
+                                      "--attack", "plugin:fgsm", "--n-examples", "40", "--quiet",
+                                      "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["accuracy"]) == {"clean", "plugin:pgd:steps=3", "plugin:fgsm"}
+    assert report["accuracy"]["plugin:pgd:steps=3"] <= report["accuracy"]["clean"]
+    bad = CliRunner().invoke(cli, ["eval", str(run), "--attack", "plugin:pgd:stepz=3"])
+    assert bad.exit_code != 0 and "stepz" in str(bad.exception or bad.output)

@@ -1,4 +1,4 @@
-"""Built-in attacks: PGD (soft-target CE or CW margin), TRADES-KL, FGSM and the identity."""
+"""Built-in attacks: PGD (soft-target CE or CW margin), TRADES-KL, FGSM and the identity; ℓ∞ and ℓ2."""
 
 from __future__ import annotations
 
@@ -6,19 +6,20 @@ from typing import Any
 
 import torch
 
-from advkit import Attack, Option, common_attack_options, eps_option, kl_divergence_logits, sign_ascent
-from advkit.attacks import BN_MODES, START_POINTS
+from advkit import Attack, Option, common_attack_options, eps_option, kl_divergence_logits, norm_option, sign_ascent
+from advkit.attacks import BN_MODES, NORMS, START_POINTS
 from advkit.losses import cw_margin, soft_cross_entropy
 
 
 class PGD(Attack):
-    """ℓ∞ PGD maximising cross-entropy against hard or soft targets (or the CW margin).
+    """PGD maximising cross-entropy against hard or soft targets (or the CW margin), ℓ∞ or ℓ2.
 
     Defaults follow ADR's PGD-AT: uniform start in the ε-ball, K = 10, α = ε/4, BatchNorm in train mode.
-    With ``restarts`` > 1 each sample keeps the restart with the highest final loss.
+    With ``restarts`` > 1 each sample keeps the restart with the highest final loss. Under ℓ2 the steps
+    are torchattacks PGDL2's (normalised gradient, projection onto the ε-ball, random start in it).
     """
 
-    options = common_attack_options(start="uniform", bn_mode="train") + (
+    options = common_attack_options(start="uniform", bn_mode="train", norms=NORMS) + (
         Option("restarts", int, 1, "random restarts; the worst case per sample is kept", low=1),
         Option("loss", str, "ce", "ce: cross-entropy on the targets; cw: Carlini-Wagner margin (hard labels)", choices=("ce", "cw")),
     )
@@ -38,7 +39,7 @@ class PGD(Attack):
         for _ in range(self.restarts):
             x_adv = sign_ascent(
                 images, lambda z: per_sample(z).sum(), eps=self.eps, alpha=self.step_size,
-                steps=self.steps, start=self.start,
+                steps=self.steps, start=self.start, norm=self.norm,
             )
             if self.restarts == 1:
                 return x_adv
@@ -61,7 +62,7 @@ class TradesKL(Attack):
     """
 
     uses_targets = False
-    options = common_attack_options(start="gauss", bn_mode="eval")
+    options = common_attack_options(start="gauss", bn_mode="eval", norms=NORMS)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         images = images.detach()
@@ -69,23 +70,27 @@ class TradesKL(Attack):
             clean_logits = self.get_logits(images)
         return sign_ascent(
             images, lambda z: kl_divergence_logits(clean_logits, self.get_logits(z), reduction="sum"),
-            eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start,
+            eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start, norm=self.norm,
         )
 
 
 class FGSM(Attack):
-    """One signed step of size ε from x (Goodfellow et al.); soft targets accepted."""
+    """One signed step of size ε from x (Goodfellow et al.); soft targets accepted.
+
+    Under ℓ2: one step of length ε along the normalised gradient (FGM).
+    """
 
     options = (
         eps_option(),
         Option("start", str, "none", "start point", choices=START_POINTS),
         Option("bn_mode", str, "eval", "model mode during the attack", choices=BN_MODES),
+        norm_option(),
     )
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return sign_ascent(
             images, lambda z: soft_cross_entropy(self.get_logits(z), labels, reduction="sum"),
-            eps=self.eps, alpha=self.eps, steps=1, start=self.start,
+            eps=self.eps, alpha=self.eps, steps=1, start=self.start, norm=self.norm,
         )
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 import yaml
 
 from ..checkpoint import atomic_write_text
-from ..config import load_config_file
+from ..config import SETTING_DEFAULTS, load_config_file
 from ..errors import AdvkitError, RunDirectoryBusy
 from ..interrupts import StoppedBySignal, StopRequest, stop_on_signals
 from ..rundir import check_not_busy
@@ -86,11 +86,11 @@ def check_settings_unchanged(run: StudyRun) -> None:
     stored_path = run.directory / STUDY_CONFIG
     if stored_path.is_file():
         stored = yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}
-        compared = {key: stored.get(key) for key in wanted}
+        compared = {key: stored.get(key, SETTING_DEFAULTS.get(key)) for key in wanted}
     elif (run.directory / "config.yaml").is_file():  # started by hand: compare the settings both name
         saved = load_config_file(run.directory / "config.yaml").to_dict()
         wanted = {key: value for key, value in wanted.items() if value is not None and key != "options"}
-        compared = {key: saved.get(key) for key in wanted}
+        compared = {key: saved.get(key, SETTING_DEFAULTS.get(key)) for key in wanted}
     else:
         return
     for key in sorted(wanted):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -44,3 +45,14 @@ def test_training_with_n_fgsm(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert yaml.safe_load((run / "config.yaml").read_text())["attack"] == "n-fgsm"
     assert len(records) == 2 and records[-1]["val_robust_acc"] > 0.3  # robust well above chance (0.1)
+
+
+def test_an_l2_run_or_evaluation_with_n_fgsm_is_refused(tmp_path):
+    from advkit import AdvkitError, TrainConfig, Trainer
+    from advkit.evaluate import parse_attack
+
+    with pytest.raises(AdvkitError, match="attack 'n-fgsm' supports --norm Linf only, not L2"):
+        Trainer(TrainConfig(dataset="digits", model="small-cnn", attack="n-fgsm", norm="L2", eps=0.5, device="cpu"),
+                tmp_path / "run", progress=False)
+    with pytest.raises(AdvkitError, match="attack 'plugin:n-fgsm' supports --norm Linf, not L2"):
+        parse_attack("plugin:n-fgsm", "L2")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 import torch.nn.functional as F
 
-from advkit import (Attack, LabelRectifier, Objective, Option, RunSetup, StepContext, common_attack_options,
+from advkit import (NORMS, Attack, LabelRectifier, Objective, Option, RunSetup, StepContext, common_attack_options,
                     frozen_for_attack, sign_ascent, soft_cross_entropy)
 
 CACHE_KEY = "te"
@@ -120,7 +120,7 @@ class TemporalEnsembling(LabelRectifier):
 class TemporalEnsemblingPGD(Attack):
     """PGD maximising CE(f(x′), targets) + w·mean((softmax(f(x′)) − q)²) (official: eval mode, uniform start)."""
 
-    options = common_attack_options(start="uniform", bn_mode="eval")
+    options = common_attack_options(start="uniform", bn_mode="eval", norms=NORMS)
 
     def perturb(self, ctx: StepContext) -> torch.Tensor:
         self.published = published_targets(ctx, "attack 'te-pgd'")
@@ -137,7 +137,8 @@ class TemporalEnsemblingPGD(Attack):
             loss = soft_cross_entropy(logits, labels, reduction="mean")
             return loss + regulariser(logits, published) if published is not None else loss
 
-        return sign_ascent(images, loss_of, eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start)
+        return sign_ascent(images, loss_of, eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start,
+                           norm=self.norm)
 
 
 class TemporalEnsemblingAT(Objective):
