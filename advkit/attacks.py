@@ -25,15 +25,20 @@ DIVISION_EPS = 1e-10  # keeps a zero gradient's ℓ2 normalisation finite (torch
 
 
 @contextmanager
-def frozen_for_attack(model: nn.Module, bn_mode: str) -> Iterator[None]:
-    """Put ``model`` in ``bn_mode`` with parameters frozen; restore every flag afterwards.
+def frozen_for_attack(model: nn.Module, bn_mode: str,
+                      set_modes: Callable[[nn.Module], None] | None = None) -> Iterator[None]:
+    """Put ``model`` in ``bn_mode`` (or let ``set_modes`` set every submodule's mode) with parameters frozen;
+    restore every flag afterwards.
 
     Freezing parameters means autograd builds no weight-gradient graph during the attack: the
     attack costs forward + input-backward only, and no ``.grad`` can leak into the optimizer.
     """
     modes = [(module, module.training) for module in model.modules()]
     requires = [(param, param.requires_grad) for param in model.parameters()]
-    model.train(bn_mode == "train")
+    if set_modes is None:
+        model.train(bn_mode == "train")
+    else:
+        set_modes(model)
     for param, _ in requires:
         param.requires_grad_(False)
     try:
@@ -162,10 +167,18 @@ class Attack(TorchAttack, Configurable):
     Subclasses implement ``forward(images, labels)``; labels may be hard (B,) or soft (B×C).
     ``perturb(ctx)`` is what the trainer calls; attacks that need more than images and labels (a
     teacher, say) override it and read the context.
+
+    torchattacks' contract holds: ``set_normalization_used`` (inputs and outputs in normalised units, the
+    attack in pixel space), ``set_model_training_mode`` (it then decides the model's mode instead of
+    ``bn_mode``), targeted modes for attacks with ``supports_targeted``, and inputs moved to the
+    attack's device. An attack built outside training runs the model in eval mode unless told otherwise;
+    ``training_bn_mode`` is the mode the trainer gives it (the official code's) unless the run sets one.
     """
 
     kind = "attack"
     uses_targets: ClassVar[bool] = True
+    supports_targeted: ClassVar[bool] = False
+    training_bn_mode: ClassVar[str] = "eval"
     bn_mode: str = "eval"
 
     def __init__(self, model: nn.Module, **values: Any) -> None:
@@ -173,6 +186,27 @@ class Attack(TorchAttack, Configurable):
         self.configure(values)
         if getattr(self, "norm", "Linf") == "Linf" and getattr(self, "eps", 0.0) > 1.0:
             raise OptionError(f"{self.describe()}: option 'eps' is an ℓ∞ radius and must lie in [0, 1], got {self.eps:g}")
+        if self.supports_targeted:
+            self.supported_mode = ["default", "targeted"]
+        self._modes_from_torchattacks = False
+
+    def set_model_training_mode(self, model_training: bool = False, batchnorm_training: bool = False,
+                                dropout_training: bool = False) -> None:
+        """torchattacks' setting of the model's mode during the attack; once called, it replaces ``bn_mode``."""
+        super().set_model_training_mode(model_training, batchnorm_training, dropout_training)
+        self._modes_from_torchattacks = True
+
+    def _set_mode_targeted(self, mode: str, quiet: bool) -> None:
+        if not self.supports_targeted:
+            raise ValueError(f"{self.describe()} has no targeted mode (it does not aim at a label); "
+                             "advkit's pgd and fgsm have one")
+        super()._set_mode_targeted(mode, quiet)
+
+    def target_labels(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The labels a targeted attack aims at (torchattacks' target modes); hard labels only."""
+        if labels.dim() != 1:
+            raise ValueError(f"{self.describe()}: targeted mode needs hard labels (B,), not soft targets")
+        return self.get_target_label(images, labels)
 
     @property
     def step_size(self) -> float:
@@ -186,8 +220,21 @@ class Attack(TorchAttack, Configurable):
         return self(ctx.x, labels)
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with frozen_for_attack(self.model, self.bn_mode):
-            return self.forward(inputs, labels, *args, **kwargs)
+        if self.device is not None:  # torchattacks' habit: CPU images for a CUDA model
+            inputs = inputs.to(self.device)
+            labels = labels.to(self.device) if isinstance(labels, torch.Tensor) else labels
+        normalised = self._normalization_applied is True
+        if normalised:  # attack in pixel space; get_logits normalises before the model
+            inputs = self.inverse_normalize(inputs)
+            self._set_normalization_applied(False)
+        set_modes = (lambda model: self._change_model_mode(True)) if self._modes_from_torchattacks else None
+        try:
+            with frozen_for_attack(self.model, self.bn_mode, set_modes):
+                adversarial = self.forward(inputs, labels, *args, **kwargs)
+        finally:
+            if normalised:
+                self._set_normalization_applied(True)
+        return self.normalize(adversarial) if normalised else adversarial
 
 
 def run_attack(attack: Any, ctx: StepContext) -> torch.Tensor:

@@ -330,6 +330,8 @@ def select_components(config: TrainConfig, registry: Registry) -> Components:
         options["attack"]["eps"] = config.eps
     if "norm" in attack_keys:
         options["attack"]["norm"] = config.norm
+    if "bn_mode" in attack_keys:  # the official code's mode in training; eval is the default outside it
+        options["attack"].setdefault("bn_mode", getattr(classes["attack"], "training_bn_mode", "eval"))
     for prefix, values in config.options.items():
         _route(prefix, values, names, classes, options)
     if "norm" in attack_keys and options["attack"]["norm"] != config.norm:

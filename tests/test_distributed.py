@@ -88,6 +88,25 @@ def test_adr_and_weight_average_stay_identical_on_every_rank(tmp_path):
         assert max_difference(rank0["averages"][decay], rank1["averages"][decay]) == 0.0, decay
 
 
+def test_per_example_memory_and_summed_state_agree_with_one_process(tmp_path):
+    """TE's memory gathers every rank's examples (equal everywhere, as in one process); GKL's running
+    class sums are per rank and add up to the single process's (they are summed at the epoch end)."""
+    te = {**BASE, "objective": "te", "options": {"te": {"start": 0.0, "end": 0.5}, "attack": {"start": "none"}}}
+    rank0, rank1 = run_worker(te, tmp_path / "te", tmp_path / "te-out", steps=4)
+    assert torch.equal(rank0["rectifier"]["memory"], rank1["rectifier"]["memory"])
+    single = Trainer(TrainConfig(**te), tmp_path / "te-single", progress=False)
+    single.fit(stop_after_steps=4)
+    assert torch.count_nonzero(single.rectifier.memory.sum(dim=1)) == 4 * 64  # 4 steps of 64 examples
+    assert torch.allclose(rank0["rectifier"]["memory"], single.rectifier.memory, atol=1e-5)
+    # x′ = x: TRADES-KL's gradient at x′ = x is rounding noise, whose sign differs between batch 32 and 64.
+    gkl = {**BASE, "objective": "gkl", "options": {"attack": {"start": "none", "steps": 0}}}
+    rank0, rank1 = run_worker(gkl, tmp_path / "gkl", tmp_path / "gkl-out", steps=3)
+    single = Trainer(TrainConfig(**gkl), tmp_path / "gkl-single", progress=False)
+    single.fit(stop_after_steps=3)
+    summed = rank0["objective"]["accumulated"] + rank1["objective"]["accumulated"]
+    assert torch.allclose(summed, single.objective.accumulated, atol=1e-4)
+
+
 ARGS = ["train", "--dataset", "digits", "--model", "small-cnn-gn", "--eps", "0.1", "--val-steps", "1", "--quiet",
         "--batch-size", "16", "--seed", "2", "-o", "attack.steps=2"]
 

@@ -14,26 +14,33 @@ from advkit.losses import cw_margin, soft_cross_entropy
 class PGD(Attack):
     """PGD maximising cross-entropy against hard or soft targets (or the CW margin), ℓ∞ or ℓ2.
 
-    Defaults follow ADR's PGD-AT: uniform start in the ε-ball, K = 10, α = ε/4, BatchNorm in train mode.
+    Defaults follow ADR's PGD-AT: uniform start in the ε-ball, K = 10, α = ε/4, BatchNorm in train mode
+    inside advkit train (``training_bn_mode``; built outside training it runs the model in eval mode).
     With ``restarts`` > 1 each sample keeps the restart with the highest final loss. Under ℓ2 the steps
     are torchattacks PGDL2's (normalised gradient, projection onto the ε-ball, random start in it).
     """
 
-    options = common_attack_options(start="uniform", bn_mode="train", norms=NORMS) + (
+    supports_targeted = True
+    training_bn_mode = "train"
+    options = common_attack_options(start="uniform", bn_mode="eval", norms=NORMS) + (
         Option("restarts", int, 1, "random restarts; the worst case per sample is kept", low=1),
         Option("loss", str, "ce", "ce: cross-entropy on the targets; cw: Carlini-Wagner margin (hard labels)", choices=("ce", "cw")),
     )
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = images.detach()
+        if self.targeted and self.loss == "cw":
+            raise ValueError(f"{self.describe()}: targeted mode maximises −CE towards the target; use loss=ce")
         if self.loss == "cw" and labels.dim() == 2:
             labels = labels.argmax(dim=1)
+        aim = self.target_labels(images, labels) if self.targeted else labels
 
         def per_sample(x_adv: torch.Tensor) -> torch.Tensor:
             logits = self.get_logits(x_adv)
             if self.loss == "cw":
                 return cw_margin(logits, labels, reduction="none")
-            return soft_cross_entropy(logits, labels, reduction="none")
+            loss = soft_cross_entropy(logits, aim, reduction="none")
+            return -loss if self.targeted else loss
 
         best, best_loss = None, None
         for _ in range(self.restarts):
@@ -80,6 +87,7 @@ class FGSM(Attack):
     Under ℓ2: one step of length ε along the normalised gradient (FGM).
     """
 
+    supports_targeted = True
     options = (
         eps_option(),
         Option("start", str, "none", "start point", choices=START_POINTS),
@@ -88,8 +96,9 @@ class FGSM(Attack):
     )
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        sign, aim = (-1.0, self.target_labels(images, labels)) if self.targeted else (1.0, labels)
         return sign_ascent(
-            images, lambda z: soft_cross_entropy(self.get_logits(z), labels, reduction="sum"),
+            images, lambda z: sign * soft_cross_entropy(self.get_logits(z), aim, reduction="sum"),
             eps=self.eps, alpha=self.eps, steps=1, start=self.start, norm=self.norm,
         )
 

@@ -17,8 +17,8 @@ class NFGSM(Attack):
     """x′ = clip_[0,1](x + η + α·sign(∇ CE(f(x + η), targets))), η ~ U(−kε, kε), x + η clipped to [0, 1].
 
     Defaults follow the official code: k = 2, α = ε, no projection onto an ε-ball (``clip`` c projects onto
-    the c·ε-ball, as FGSM-RS does with c = 1), the model in train mode (the official script never leaves
-    it). Soft targets are accepted.
+    the c·ε-ball, as FGSM-RS does with c = 1), the model in train mode during training (the official script
+    never leaves it; built outside training the attack uses eval mode). Soft targets are accepted.
     """
 
     options = (
@@ -27,8 +27,10 @@ class NFGSM(Attack):
         Option("noise", float, 2.0, "noise magnitude k relative to ε: η ~ U(−kε, kε) (official 2; 0: no noise)", low=0.0),
         Option("clip", float, None, "project onto the (clip·ε)-ball around x after the step; default none (official)",
                low=0.0, low_open=True, optional=True),
-        Option("bn_mode", str, "train", "model mode during the attack (official: train)", choices=BN_MODES),
+        Option("bn_mode", str, "eval", "model mode during the attack (in training: train, the official code's)",
+               choices=BN_MODES),
     )
+    training_bn_mode = "train"
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = images.detach()
