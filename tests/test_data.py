@@ -168,15 +168,25 @@ def test_fashion_mnist_prefers_data_dir_over_debian_package(tmp_path: Path) -> N
     assert splits.info.name == "fashion-mnist" and splits.info.num_classes == 10
 
 
+def test_an_explicit_data_dir_holding_the_idx_files_wins_over_the_debian_copy(tmp_path: Path) -> None:
+    write_mnist_layout(tmp_path / "mine", 12, 4)  # the four files right in the folder
+    splits = load_dataset("fashion-mnist", tmp_path / "mine", val_size=2)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (10, 2, 4)
+    with pytest.raises(AdvkitError, match=r"--data-dir is explicit, so the Debian package's copy is not used"):
+        load_dataset("fashion-mnist", tmp_path / "empty")
+
+
 def test_fashion_mnist_missing_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "debian_fashion_mnist_dir", lambda: None)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(AdvkitError, match=r"apt-get install dataset-fashion-mnist.*--download"):
-        load_dataset("fashion-mnist", tmp_path)
+        load_dataset("fashion-mnist", "data")
 
 
 @pytest.mark.skipif(data.debian_fashion_mnist_dir() is None, reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_mnist_from_debian_package(tmp_path: Path) -> None:
-    splits = load_dataset("fashion-mnist", tmp_path / "empty")
+def test_fashion_mnist_from_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default --data-dir (data), which holds no copy
+    splits = load_dataset("fashion-mnist", "data")
     assert (len(splits.train), len(splits.val), len(splits.test)) == (59_000, 1000, 10_000)
     assert torch.equal(splits.test.y.bincount(), torch.full((10,), 1000))
     assert abs(to_float(splits.test.x).mean().item() - 0.286) < 0.01

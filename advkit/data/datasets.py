@@ -84,6 +84,7 @@ DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "svhn", "tiny-imagenet", "mn
 
 # The digits test split is fixed by this seed, never by the run seed, so every run is scored on the same images.
 DIGITS_SPLIT_SEED = 20240101
+DEFAULT_DATA_DIR = "data"  # TrainConfig's data_dir; only there may a system-wide copy stand in
 DEBIAN_FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -351,11 +352,11 @@ def _read_idx_splits(files: dict[str, Path], num_classes: int) -> tuple[ArrayDat
 
 
 def _load_mnist(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
-    folders = [data_dir / "MNIST" / "raw", data_dir / "mnist"]
+    folders = [data_dir, data_dir / "MNIST" / "raw", data_dir / "mnist"]
     files = _idx_folder(folders)
     if files is None:
         if not download:
-            raise _missing("mnist", data_dir, f"{folders[0]}/{IDX_FILES['train_x']}[.gz] and the other idx files")
+            raise _missing("mnist", data_dir, f"{folders[1]}/{IDX_FILES['train_x']}[.gz] and the other idx files")
         import torchvision.datasets
 
         for train in (True, False):
@@ -380,16 +381,22 @@ def debian_fashion_mnist_dir() -> Path | None:
 
 
 def _load_fashion_mnist(data_dir: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
-    folders = [data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist"]
+    """The idx files in ``data_dir`` (itself, FashionMNIST/raw or fashion-mnist), else — only when
+    ``data_dir`` is the default — the Debian package's copy: an explicit --data-dir always wins."""
+    folders = [data_dir, data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist"]
     files = _idx_folder(folders)
-    if files is None:
+    default_dir = data_dir == Path(DEFAULT_DATA_DIR)
+    if files is None and default_dir:
         debian = debian_fashion_mnist_dir()
         files = _idx_folder([debian]) if debian is not None else None
     if files is None:
         if not download:
-            raise AdvkitError(f"dataset 'fashion-mnist' not found in {folders[0]} or {folders[1]}, nor from the "
-                              f"Debian package: install it (apt-get install {DEBIAN_FASHION_MNIST_PACKAGE}), "
-                              f"pass --download, or --data-dir to point at the idx files")
+            where = ", ".join(str(folder) for folder in folders)
+            fallback = (f"nor from the Debian package: install it (apt-get install {DEBIAN_FASHION_MNIST_PACKAGE}), "
+                        if default_dir else "and --data-dir is explicit, so the Debian package's copy is not used: ")
+            raise AdvkitError(f"dataset 'fashion-mnist' not found: no {IDX_FILES['train_x']}[.gz] and the other idx "
+                              f"files in {where}, {fallback}pass --download, or point --data-dir at the folder "
+                              "holding the four idx files")
         import torchvision.datasets
 
         for train in (True, False):
