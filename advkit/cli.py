@@ -83,6 +83,7 @@ _TRAIN_FLAGS = {
     "awp_warmup": (int, "epochs trained without AWP before it starts [0]"),
     "seed": (int, "random seed [0]"),
     "device": (str, "auto, cpu or cuda[:N] [auto]"),
+    "threads": (int, "CPU threads of torch (intra-op); one per process is fastest on a busy machine [torch's default: every core]"),
     "amp": (click.Choice(["off", "bf16", "fp16"]), "automatic mixed precision [off]"),
     "extra_data": (click.Path(), "generated training data: a .npz (image uint8 N×H×W×C, label N) or a folder of them, memory-mapped"),
     "extra_fraction": (NUMBER, "generated share of every batch with --extra-data [0.7]; an epoch is one pass over the real data"),
@@ -169,6 +170,11 @@ def _build_trainer(config_file: str | None, out: str | None, resume: str | None,
     if config.val_size is not None and float(config.val_size).is_integer() and config.val_size >= 1:
         config.val_size = int(config.val_size)
     config.options = merge_options(config.options, parse_option_flags(options))
+    late = [m for m in config.lr_milestones or [] if m >= config.epochs]
+    if config.lr_schedule == "piecewise" and late:
+        click.echo(f"advkit: warning: --lr-milestones {late} lie at or beyond --epochs {config.epochs}, so the LR "
+                   "does not decay there (a config's milestones keep their epochs when --epochs shrinks); pass "
+                   "--lr-milestones to move them", err=True)
     out_dir = Path(out or f"runs/{config.objective}-{config.dataset}-{config.model.replace(':', '-')}")
     return Trainer(config, out_dir, progress=not quiet)
 
@@ -239,6 +245,16 @@ def _list_plugin_attacks() -> None:
                 click.echo(f"    {option.name}  {option.type_name()}{bounds}  default {option.default!s}  — {option.help}")
 
 
+def _set_threads(ctx: click.Context, param: Any, value: int | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    if value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}")
+    import torch
+
+    torch.set_num_threads(value)
+
+
 def _model_options(n_examples: int | None) -> Any:
     """Options every command that evaluates a trained model shares: which model, which examples, which threat."""
     decorators = [
@@ -254,6 +270,8 @@ def _model_options(n_examples: int | None) -> Any:
                      help="which checkpoint of a run directory"),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="dataset folder [the run's]"),
         click.option("--device", default="auto", show_default=True),
+        click.option("--threads", type=int, default=None, callback=_set_threads, expose_value=False,
+                     help="CPU threads of torch (intra-op) [torch's default: every core]"),
     ]
 
     def decorate(function: Any) -> Any:
@@ -445,7 +463,7 @@ def summarize(runs: tuple[str, ...], csv_path: str | None, markdown_path: str | 
     """Mean ± std over seeds of RUNS (run directories, or folders searched for them), as a Markdown table.
 
     Runs are grouped by their config.yaml minus the seed (and data_dir, device, download, teacher_cache,
-    checkpoint_every). Columns: validation clean and robust accuracy at the best epoch, robust accuracy at
+    checkpoint_every, threads). Columns: validation clean and robust accuracy at the best epoch, robust accuracy at
     the last epoch, their gap (robust overfitting), and the test results of each eval-best.json /
     eval-last.json that `advkit eval --json` wrote into a run; "test robust" is the worst case over the
     attacks evaluated, "test gap" best minus last. Accuracies in %, ± the sample std over seeds.
@@ -509,13 +527,15 @@ def plugins(ctx: click.Context, check: bool) -> None:
     rows = []
     for entry in registry.entries():
         claimants = [e for e in registry.entries(entry.kind) if e.name == entry.name]
-        status = "duplicate" if len(claimants) > 1 else ("not loaded" if not check else _load_status(registry, entry))
+        status = "duplicate" if len(claimants) > 1 else ("installed" if not check else _load_status(registry, entry))
         rows.append((entry.kind, entry.name, entry.distribution, entry.version, status))
     headers = ("kind", "name", "distribution", "version", "status")
     widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
     for row in [headers] + rows:
         click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
     click.echo("torchattacks attacks are available as attack torchattacks:<Name> (e.g. torchattacks:APGD)")
+    if not check:
+        click.echo("status read from package metadata, nothing imported; advkit plugins --check imports each one")
     failing = [row for row in rows if row[4] == "duplicate" or row[4].startswith("broken")]
     if check and failing:
         click.echo(f"advkit: {len(failing)} of {len(rows)} components are broken or claimed twice", err=True)

@@ -99,6 +99,7 @@ class TrainConfig:
     awp_warmup: Integer = 0
     seed: Integer = 0
     device: Text = "auto"
+    threads: Integer | None = None
     amp: Text = "off"
     channels_last: Flag = False
     checkpoint_every: Integer | None = None
@@ -133,6 +134,7 @@ class TrainConfig:
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
             (0.0 < self.lr_gamma <= 1.0, f"--lr-gamma must lie in (0, 1], got {self.lr_gamma:g}"),
             (self.lr_warmup >= 0, f"--lr-warmup must be non-negative (epochs), got {self.lr_warmup:g}"),
+            (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
             (self.checkpoint_every is None or self.checkpoint_every >= 1,
              f"--checkpoint-every must be at least 1 (optimizer steps), got {self.checkpoint_every}"),
             (self.extra_fraction is None or 0.0 < self.extra_fraction < 1.0,

@@ -48,7 +48,8 @@ def correct_count(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=next(model.parameters()).device)
-    for x, y in tqdm(batches, desc=progress, leave=False, disable=progress is None, dynamic_ncols=True):
+    for x, y in tqdm(batches, desc=progress, leave=False, disable=progress is None or not sys.stderr.isatty(),
+                     dynamic_ncols=True):
         if attack is not None:
             with frozen_for_attack(model, "eval"):
                 x = attack(x, y)
@@ -109,7 +110,8 @@ class PerBatch:
             todo = correct.nonzero().flatten()
             desc = progress if progress is None or self.restarts == 1 else f"{progress} (restart {restart + 1})"
             chunks = list(todo.split(batch_size))
-            for index in tqdm(chunks, desc=desc, leave=False, disable=progress is None, dynamic_ncols=True):
+            for index in tqdm(chunks, desc=desc, leave=False, disable=desc is None or not sys.stderr.isatty(),
+                              dynamic_ncols=True):
                 xb, yb = x[index].to(device), y[index].to(device)
                 with frozen_for_attack(model, "eval"):
                     adv = self.attack(xb, yb).detach()

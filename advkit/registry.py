@@ -13,8 +13,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .attacks import Attack, TorchAttack
-from .components import Configurable, LabelRectifier, Objective
 from .errors import PluginError
 from .options import Option, resolve_options
 
@@ -23,7 +21,6 @@ GROUPS: dict[str, str] = {
     "attack": "advkit.attacks",
     "objective": "advkit.objectives",
 }
-_BASES: dict[str, type] = {"rectifier": LabelRectifier, "attack": Attack, "objective": Objective}
 TORCHATTACKS_PREFIX = "torchattacks:"
 
 
@@ -91,6 +88,7 @@ class Registry:
 
     def _torchattacks_entry(self, name: str) -> PluginEntry:
         import torchattacks
+        from torchattacks.attack import Attack as TorchAttack
 
         class_name = name[len(TORCHATTACKS_PREFIX):]
         attack_names = sorted(
@@ -119,7 +117,7 @@ class Registry:
                 f"{kind} '{name}' from distribution {entry.distribution} {entry.version} failed to load "
                 f"({entry.target}): {type(exc).__name__}: {exc}"
             ) from exc
-        base = _BASES[kind]
+        base = _interface(kind)
         if not (isinstance(loaded, type) and issubclass(loaded, base)):
             raise PluginError(
                 f"{kind} '{name}' from distribution {entry.distribution} points at {entry.target}, "
@@ -129,9 +127,23 @@ class Registry:
         return loaded
 
 
+def _interface(kind: str) -> type:
+    """The base class a component of ``kind`` must subclass (imported here: listing needs no torch)."""
+    from .attacks import Attack
+    from .components import LabelRectifier, Objective
+
+    return {"rectifier": LabelRectifier, "attack": Attack, "objective": Objective}[kind]
+
+
+def _is_advkit_component(cls: type) -> bool:
+    from .components import Configurable
+
+    return issubclass(cls, Configurable)
+
+
 def component_options(cls: type) -> tuple[Option, ...]:
     """Declared options of an advkit component, or options read off a torchattacks constructor."""
-    if issubclass(cls, Configurable):
+    if _is_advkit_component(cls):
         return tuple(cls.options)
     options = []
     for param in list(inspect.signature(cls.__init__).parameters.values())[2:]:
@@ -143,7 +155,7 @@ def component_options(cls: type) -> tuple[Option, ...]:
 
 def build_attack(cls: type, model: Any, values: Mapping[str, Any]) -> Any:
     """Construct an attack: advkit attacks validate their own options; torchattacks ones are checked here."""
-    if issubclass(cls, Configurable):
+    if _is_advkit_component(cls):
         return cls(model, **values)
     return cls(model, **foreign_attack_options(cls, values))
 

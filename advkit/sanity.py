@@ -123,14 +123,21 @@ def steps_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
 
 
 def black_box_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
-    """Attacks that never see a gradient must not beat the white-box ones; if they do, gradients are masked."""
+    """Attacks that never see a gradient must not beat the white-box ones; if they do, gradients are masked.
+
+    The white-box reference is the strongest of cross-entropy PGD at each step count and, under ℓ∞, PGD on
+    the CW margin, which does not saturate where the cross-entropy does: a black box beating CE-PGD alone
+    is common on small, well-behaved models and says nothing about masking.
+    """
     white = {f"pgd-{k}": pgd(pgd.ctx.eps, k) for k in sorted(set(settings.steps) | {settings.pgd_steps})}
-    best_white = min(white.values())
+    margin = [parse_attack(f"cw:steps={settings.pgd_steps}", pgd.ctx.norm)] if pgd.ctx.norm == "Linf" else []
     specs = [parse_attack(f"square:queries={settings.queries}", pgd.ctx.norm)]
     if pgd.ctx.surrogate is not None:
         specs.append(parse_attack(f"transfer:steps={settings.pgd_steps}", pgd.ctx.norm))
-    results = run_attacks(pgd.ctx, pgd.x, pgd.y, specs, batch_size=pgd.batch_size, progress=pgd.progress,
+    results = run_attacks(pgd.ctx, pgd.x, pgd.y, margin + specs, batch_size=pgd.batch_size, progress=pgd.progress,
                           keep_adversarial=False)
+    white.update({f"cw-{settings.pgd_steps}": results[spec.text].accuracy for spec in margin})
+    best_white = min(white.values())
     black = {spec.name: results[spec.text].accuracy for spec in specs}
     allowed = slack(settings.tolerance, pgd.x.shape[0])
     stronger = [name for name, acc in black.items() if acc < best_white - allowed - 1e-12]
@@ -139,7 +146,8 @@ def black_box_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
                else f"{' and '.join(stronger)} beat{'s' if len(stronger) == 1 else ''}")
     return CheckResult(
         "black box vs white box", not stronger,
-        f"{verdict}: {parts} vs best white-box PGD {100 * best_white:.2f}% (tolerance {100 * allowed:.1f} points)",
+        f"{verdict}: {parts} vs best white-box ({', '.join(white)}) {100 * best_white:.2f}% "
+        f"(tolerance {100 * allowed:.1f} points)",
         {"white_box": white, "black_box": black, "queries": settings.queries, "tolerance": allowed})
 
 

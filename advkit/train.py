@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,7 +48,8 @@ CHECKPOINT_FORMAT = "advkit-checkpoint-1"
 FINITE_CHECK_EVERY = 100  # steps between reads of the device-side finite flag (one host sync each)
 RESERVED_METRICS = frozenset({"epoch", "train_loss", "train_acc", "lr", "time_s"})  # and val_*: the trainer's keys
 # Settings that say where or how often a run works, not what it computes: they may change on --resume.
-RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every", "extra_data"})
+RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every", "extra_data",
+                                  "threads"})
 DEFAULT_EXTRA_FRACTION = 0.7  # generated share of every batch with --extra-data (Wang et al. 2023 use 0.7–0.8)
 
 
@@ -92,6 +94,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, registry: Registry | None = None,
                  resume: bool = False, progress: bool = True) -> None:
         config.validate()
+        if config.threads is not None:  # torch's default is every core, which a busy machine shares badly
+            torch.set_num_threads(config.threads)
         self.config = config
         self.out_dir = Path(out_dir)
         self.world = World.from_environment()
@@ -99,7 +103,9 @@ class Trainer:
         if config.sync_bn and self.world.distributed and self.device.type != "cuda":
             raise AdvkitError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU use a model "
                               "without BatchNorm, such as small-cnn-gn, for batch-size-independent results")
-        self.progress_bars = progress and self.world.is_main
+        # Bars only on a terminal: redirected to a log, carriage-return updates would fill it (the per-epoch
+        # line is written either way).
+        self.progress_bars = progress and self.world.is_main and sys.stderr.isatty()
         self.stop_request = StopRequest()
         self.lock = RunLock(self.out_dir)
         registry = registry or default_registry()

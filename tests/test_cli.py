@@ -90,3 +90,32 @@ def test_click_usage_errors_are_one_line_exit_2(args, message, run_cli):
     code, out, err = run_cli(args)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("advkit: error: ") and message in err, err
+
+
+def test_threads_sets_torchs_thread_count_and_may_change_on_resume(tmp_path):
+    import torch
+
+    from advkit import TrainConfig, Trainer
+
+    before = torch.get_num_threads()
+    try:
+        config = TrainConfig(dataset="digits", model="small-cnn", eps=0.1, epochs=2, batch_size=64, val_steps=1,
+                             device="cpu", threads=2, options={"attack": {"steps": 1}})
+        Trainer(config, tmp_path / "run", progress=False).fit(stop_after_epoch=1)
+        assert torch.get_num_threads() == 2
+        saved = (tmp_path / "run" / "config.yaml").read_text().replace("threads: 2", "threads: 1")
+        (tmp_path / "run" / "config.yaml").write_text(saved)  # where the run works, not what it computes
+        resumed = Trainer.resume_run(tmp_path / "run", progress=False)
+        assert torch.get_num_threads() == 1
+        resumed.fit()
+        assert resumed.history[-1]["epoch"] == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_milestones_beyond_the_epochs_are_warned_about(run_cli, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: digits\nmodel: small-cnn\neps: 0.1\nval_steps: 1\ndevice: cpu\nlr_milestones: [100, 150]\n"
+                      "options: {attack: {steps: 1}}\n")
+    code, _, err = run_cli(["train", "--config", str(config), "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")])
+    assert code == 0 and "--lr-milestones [100.0, 150.0] lie at or beyond --epochs 1" in err
