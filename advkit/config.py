@@ -26,6 +26,7 @@ from .weight_perturbation import AWP_VARIANTS
 ROLES = ("rectifier", "attack", "objective")
 SEED_LIMIT = 2**32
 DEFAULT_LINF_EPS = 8 / 255
+SOFTWARE_RECORD_KEY = "software"  # advkit.software.RECORD_KEY (kept here too: config must not import torch)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,8 @@ def config_from_mapping(data: Mapping[str, Any], source: str) -> TrainConfig:
     """Build a config from a YAML mapping: unknown keys get a suggestion, values are checked by the schema."""
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key == SOFTWARE_RECORD_KEY:  # what wrote the file (config.yaml of a run), not a setting
+            continue
         name = str(key).replace("-", "_")
         if name not in _FIELDS:
             close = difflib.get_close_matches(name, list(_FIELDS), n=1)

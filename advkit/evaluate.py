@@ -26,6 +26,7 @@ from .builtin.attacks import FGSM, PGD
 from .errors import AdvkitError
 from .options import NORMS, Option, resolve_options
 from .registry import TORCHATTACKS_PREFIX, Registry, build_attack, component_options, default_registry
+from .software import software_versions
 
 PLUGIN_PREFIX = "plugin:"  # an installed advkit attack (advkit plugins), evaluated as a torchattacks one
 NEEDS_SURROGATE = "attack 'transfer' needs --surrogate CHECKPOINT_OR_RUN (the model it is crafted on)"
@@ -635,6 +636,7 @@ def evaluate_checkpoint(target: str | Path, attacks: list[str], *, n_examples: i
         ],
         "accuracy": {name: result.accuracy for name, result in results.items()},
         "worst_case": None if worst is None else float(worst.double().mean()),
+        "software": software_versions(loaded.device),
     }
 
 

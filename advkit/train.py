@@ -42,6 +42,7 @@ from .models import build_model
 from .options import plain
 from .registry import Registry, component_options, default_registry
 from .rundir import LOCK_NAME, RunLock, check_not_busy, check_output_dir
+from .software import RECORD_KEY, software_versions
 from .weight_perturbation import weight_update
 
 CHECKPOINT_FORMAT = "advkit-checkpoint-1"
@@ -270,7 +271,8 @@ class Trainer:
                 raise AdvkitError(f"run directory {self.out_dir} already holds a run; pass --resume "
                                   f"{self.out_dir} to continue it, or choose another --out")
             remove_stale_temporaries(self.out_dir)
-            atomic_write_text(yaml.safe_dump(self.resolved_config, sort_keys=False), self.out_dir / "config.yaml")
+            record = {**self.resolved_config, RECORD_KEY: software_versions(self.device)}  # who started the run
+            atomic_write_text(yaml.safe_dump(record, sort_keys=False), self.out_dir / "config.yaml")
         except OSError as exc:
             self._undo_out_dir(created)
             raise write_failed(self.out_dir, exc) from None

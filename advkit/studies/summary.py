@@ -21,7 +21,8 @@ from ..errors import AdvkitError
 from ..plots import read_metrics
 
 # Settings that do not change what a run computes, and the seed that a group averages over.
-NOT_CONFIGURATION = frozenset({"seed", "data_dir", "device", "download", "teacher_cache", "checkpoint_every", "threads"})
+NOT_CONFIGURATION = frozenset({"seed", "data_dir", "device", "download", "teacher_cache", "checkpoint_every", "threads",
+                               "software"})
 EVAL_PREFIX = "eval-"
 
 
