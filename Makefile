@@ -11,23 +11,44 @@ EXAMPLE_PLUGINS := $(wildcard examples/advkit-*)
 STAMP := $(VENV)/.advkit-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test benchmark clean
+.PHONY: install lock demo test benchmark wheel-check clean
 
 install: $(STAMP)
 
-# Install order matters (docs/install.md): torchattacks 3.5.1 ships an old copy of robustbench and pins
-# requests~=2.25.1, so it goes in with --no-deps, and robustbench (also --no-deps, its timm pin is
-# exact) is installed after it so its own files win.
-$(STAMP): setup.cfg $(wildcard plugins/*/setup.cfg) $(wildcard examples/advkit-*/setup.cfg) requirements-robustness.txt Makefile
+# One pip call resolves advkit, its extras and every plugin against constraints.txt (the tested versions).
+# torchattacks 3.5.1's wheel also carries an old copy of robustbench's files; if pip happened to unpack it
+# last, robustbench is reinstalled over it (docs/install.md). `pip check` must then be clean.
+$(STAMP): setup.cfg $(wildcard plugins/*/setup.cfg) $(wildcard examples/advkit-*/setup.cfg) constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q --no-deps torchattacks==3.5.1
-	$(PIP) install -q -r requirements-robustness.txt
-	$(PIP) install -q --no-deps robustbench==1.1.1
-	$(PIP) install -q -e . pytest
-	for plugin in $(PLUGINS) $(EXAMPLE_PLUGINS); do $(PIP) install -q -e $$plugin || exit 1; done
+	$(PIP) install -q -c constraints.txt -e ".[all,dev]" $(addprefix -e ,$(PLUGINS) $(EXAMPLE_PLUGINS))
+	$(PY) -c "from advkit.compat import import_robustbench; import_robustbench()" 2>/dev/null \
+		|| $(PIP) install -q --no-deps --force-reinstall robustbench==1.1.1
 	$(PY) -c "from advkit.compat import import_robustbench; import_robustbench()"
+	$(PIP) check
 	touch $(STAMP)
+
+# Rewrite constraints.txt from the current venv: every installed distribution except advkit's own and
+# the PyTorch build, which TORCH chooses.
+lock: $(STAMP)
+	{ echo "# The tested dependency set (make lock writes it); use it with: pip install -c constraints.txt ..."; \
+	  $(PIP) freeze --exclude-editable | grep -viE '^(torch|torchvision|triton|nvidia-|cuda-)'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+# What a pip user gets: wheels of advkit and every plugin (python -m build), installed into a fresh venv
+# as files (not editable), must give a clean `pip check`, every plugin, and a working train and eval.
+WHEEL_VENV ?= build/wheel-venv
+wheel-check: $(STAMP)
+	rm -rf dist $(WHEEL_VENV)
+	for project in . $(PLUGINS); do $(PY) -m build -q --wheel --no-isolation --outdir dist $$project >/dev/null || exit 1; done
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q --disable-pip-version-check $(TORCH)
+	$(WHEEL_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
+		"$$(ls dist/advkit-*.whl)[all]" $$(ls dist/advkit_*.whl)
+	$(WHEEL_VENV)/bin/python -c "from advkit.compat import import_robustbench; import_robustbench()" 2>/dev/null \
+		|| $(WHEEL_VENV)/bin/python -m pip install -q --no-deps --force-reinstall robustbench==1.1.1
+	$(WHEEL_VENV)/bin/python -m pip check
+	.ci/wheel-smoke.sh $(WHEEL_VENV)
 
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)

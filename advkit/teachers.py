@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_failure, load_state_dict_or_explain, load_trained_model, safe_load
-from .compat import import_robustbench, import_timm
+from .compat import import_robustbench, import_timm, timm_hub_problem
 from .errors import AdvkitError
 from .models import NormalizedModel, build_model
 
@@ -174,6 +174,10 @@ def _timm_pretrained(name: str, spec: str) -> nn.Module:
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise AdvkitError(f"--teacher {spec}: timm has no model '{name}'{hint}")
+    problem = timm_hub_problem()
+    if problem is not None:
+        raise AdvkitError(f"--teacher {spec}: timm's pretrained weights come through the Hugging Face hub, and {problem}; "
+                          f"or give a weights file: timm:{name}@FILE")
     try:
         network = timm.create_model(name, pretrained=True)
     except Exception as exc:  # hub errors come in many types (offline, missing weights, gated repos)
