@@ -11,7 +11,7 @@ EXAMPLE_PLUGINS := $(wildcard examples/advkit-*)
 STAMP := $(VENV)/.advkit-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install lock demo test benchmark wheel-check clean
+.PHONY: install lock demo test docs benchmark wheel-check clean
 
 install: $(STAMP)
 
@@ -59,8 +59,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --import-mode=importlib -p no:cacheprovider tests $(PLUGINS) examples
 
+# The documentation site (mkdocs.yml); --strict turns every broken link or reference into an error.
+# Its tools have their own venv: mkdocs-material needs a newer requests than torchattacks allows. The CLI
+# reference imports advkit.cli from the checkout (click only); the API reference reads the source.
+DOCS_VENV ?= .venv-docs
+$(DOCS_VENV)/.installed: docs/requirements.txt
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install -q --disable-pip-version-check -r docs/requirements.txt
+	touch $@
+
+docs: $(DOCS_VENV)/.installed
+	PYTHONPATH=$(CURDIR) NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --quiet
+
 benchmark: $(STAMP)
 	for script in $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py)); do $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(DOCS_VENV) runs build dist site *.egg-info

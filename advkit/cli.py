@@ -82,7 +82,7 @@ _TRAIN_FLAGS = {
     "awp_variant": (click.Choice(["official", "adr-sam"]), "official: Wu et al. 2020 (proxy model, conv/linear weights); adr-sam: ADR's SAM-style two-pass step [official]"),
     "awp_warmup": (int, "epochs trained without AWP before it starts [0]"),
     "seed": (int, "random seed [0]"),
-    "device": (str, "auto, cpu or cuda[:N] [auto]"),
+    "device": (str, "auto, cpu, cuda or cuda:N [auto]"),
     "threads": (int, "CPU threads of torch (intra-op); one per process is fastest on a busy machine [torch's default: every core]"),
     "amp": (click.Choice(["off", "bf16", "fp16"]), "automatic mixed precision [off]"),
     "extra_data": (click.Path(), "generated training data: a .npz (image uint8 N×H×W×C, label N) or a folder of them, memory-mapped"),
