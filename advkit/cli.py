@@ -401,9 +401,10 @@ def plot() -> None:
 def plot_curves(runs: tuple[str, ...], out: str, json_path: str | None) -> None:
     """Training curves of one or several RUNS (their metrics.jsonl).
 
-    Panels: validation clean and robust accuracy per epoch (● marks the best epoch; WA curves when the
-    run kept a weight average), best-so-far minus current robust accuracy (robust overfitting), and the
-    learning rate. Prints best versus last validation robust accuracy per run.
+    Panels: validation clean and robust accuracy per epoch (○ marks the best epoch; WA curves when the
+    run kept a weight average), best-so-far minus current robust accuracy (robust overfitting), the
+    training loss, and the learning rate as steps on a log axis. Prints best versus last validation
+    robust accuracy per run.
     """
     from .plots import training_curves
 
