@@ -110,7 +110,9 @@ def _train_options(function: Any) -> Any:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file of settings (keys as the flags above); flags given here override it")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="run directory to create [runs/<objective>-<dataset>-<model>]")
-@click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue the run in this directory where it stopped")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="continue the run in this directory where it stopped; with a larger --epochs, extend it (where "
+                   "its LR schedule and components' schedules do not depend on the total)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def train(config_file: str | None, out: str | None, resume: str | None, quiet: bool, options: tuple[str, ...],
           lr_milestones: str | None, **flags: Any) -> None:
@@ -158,10 +160,12 @@ def _build_trainer(config_file: str | None, out: str | None, resume: str | None,
 
     given = {key: value for key, value in flags.items() if value is not None}
     if resume:
-        extra = sorted(set(given) | ({"options"} if options else set()) | ({"config"} if config_file else set()))
+        others = {"option": options, "config": config_file, "lr_milestones": lr_milestones, "out": out}
+        extra = sorted((set(given) - {"epochs"}) | {name for name, value in others.items() if value})
         if extra:
-            raise AdvkitError(f"--resume takes the settings from {resume}/config.yaml; drop --{extra[0].replace('_', '-')}")
-        return Trainer.resume_run(resume, progress=not quiet)
+            raise AdvkitError(f"--resume takes the settings from {resume}/config.yaml (only a larger --epochs may "
+                              f"extend the run); drop --{extra[0].replace('_', '-')}")
+        return Trainer.resume_run(resume, epochs=given.get("epochs"), progress=not quiet)
     config = load_config_file(config_file) if config_file else TrainConfig()
     for key, value in given.items():
         setattr(config, key, value)
