@@ -149,6 +149,10 @@ def test_an_extension_that_would_change_the_trained_lr_is_refused_and_writes_not
         assert code == 2 and len(lines) == 1, err
         assert all(fragment.format(run=run) in lines[0] for fragment in fragments), err
         assert _digests(run) == before
+    # epochs raised in config.yaml (by hand, or by a kill right after an extension rewrote it) is the same request
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("epochs: 2", "epochs: 3"))
+    code, _, err = run_cli(["train", "--resume", str(run), "--quiet"])
+    assert code == 2 and f"cannot extend {run} from 2 to 3 epochs: the learning rate of step" in err, err
 
 
 def test_an_extension_is_allowed_while_the_default_milestones_are_not_yet_reached(tmp_path):
