@@ -110,7 +110,9 @@ def _train_options(function: Any) -> Any:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file of settings (keys as the flags above); flags given here override it")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="run directory to create [runs/<objective>-<dataset>-<model>]")
-@click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue the run in this directory where it stopped")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="continue the run in this directory where it stopped; with a larger --epochs, extend it (where "
+                   "its LR schedule and components' schedules do not depend on the total)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def train(config_file: str | None, out: str | None, resume: str | None, quiet: bool, options: tuple[str, ...],
           lr_milestones: str | None, **flags: Any) -> None:
@@ -158,10 +160,12 @@ def _build_trainer(config_file: str | None, out: str | None, resume: str | None,
 
     given = {key: value for key, value in flags.items() if value is not None}
     if resume:
-        extra = sorted(set(given) | ({"options"} if options else set()) | ({"config"} if config_file else set()))
+        others = {"option": options, "config": config_file, "lr_milestones": lr_milestones, "out": out}
+        extra = sorted((set(given) - {"epochs"}) | {name for name, value in others.items() if value})
         if extra:
-            raise AdvkitError(f"--resume takes the settings from {resume}/config.yaml; drop --{extra[0].replace('_', '-')}")
-        return Trainer.resume_run(resume, progress=not quiet)
+            raise AdvkitError(f"--resume takes the settings from {resume}/config.yaml (only a larger --epochs may "
+                              f"extend the run); drop --{extra[0].replace('_', '-')}")
+        return Trainer.resume_run(resume, epochs=given.get("epochs"), progress=not quiet)
     config = load_config_file(config_file) if config_file else TrainConfig()
     for key, value in given.items():
         setattr(config, key, value)
@@ -401,9 +405,10 @@ def plot() -> None:
 def plot_curves(runs: tuple[str, ...], out: str, json_path: str | None) -> None:
     """Training curves of one or several RUNS (their metrics.jsonl).
 
-    Panels: validation clean and robust accuracy per epoch (● marks the best epoch; WA curves when the
-    run kept a weight average), best-so-far minus current robust accuracy (robust overfitting), and the
-    learning rate. Prints best versus last validation robust accuracy per run.
+    Panels: validation clean and robust accuracy per epoch (○ marks the best epoch; WA curves when the
+    run kept a weight average), best-so-far minus current robust accuracy (robust overfitting), the
+    training loss, and the learning rate as steps on a log axis. Prints best versus last validation
+    robust accuracy per run.
     """
     from .plots import training_curves
 

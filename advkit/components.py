@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 import torch
 from torch import nn
 
-from .options import Option, plain, resolve_options
+from .options import Option, depends_on_training_length, plain, resolve_options
 
 if TYPE_CHECKING:
     from .averaging import WeightAverage
@@ -146,6 +146,17 @@ class Configurable:
     def resolved_options(self) -> dict[str, Any]:
         """The option values in force, in YAML-friendly form (written to config.yaml)."""
         return {key: plain(value) for key, value in self.option_values.items()}
+
+    def length_dependent_options(self) -> list[str]:
+        """Options in force whose effect depends on the total length of training: a schedule that is not
+        constant, or an option declared ``fraction_of_training``. Extending a run (``--resume --epochs``)
+        would change what they did at the steps already trained, so the trainer refuses it.
+
+        A component that reads ``RunSetup.epochs``, ``Progress.total_iterations`` or ``Progress.fraction``
+        in some other way must say so by overriding this, naming the options that make it do so.
+        """
+        return [option.name for option in self.options
+                if depends_on_training_length(option, self.option_values.get(option.name))]
 
     def setup(self, run: RunSetup) -> None:
         """Called once before training (and before a resumed state is loaded)."""

@@ -122,7 +122,10 @@ class Option:
 
     ``low``/``high`` bound numbers (and both ends of a schedule); ``low_open``/``high_open`` make
     the bound strict. ``choices`` restricts strings. ``default=None`` with ``optional=True`` means
-    "decided at run time" (for example an attack step size that follows ε).
+    "decided at run time" (for example an attack step size that follows ε). ``fraction_of_training``
+    marks a value given as a share of training's length (TE's "start after 45% of the epochs"): it
+    moves when ``--epochs`` changes, so a run using it cannot be extended (a ``Schedule`` that is not
+    constant is such a value by its definition and needs no mark).
     """
 
     name: str
@@ -135,6 +138,7 @@ class Option:
     high_open: bool = False
     choices: Sequence[str] | None = None
     optional: bool = False
+    fraction_of_training: bool = False
 
     def type_name(self) -> str:
         if self.choices:
@@ -179,6 +183,11 @@ class Option:
         if self.high is not None and (number > self.high or (self.high_open and number == self.high)):
             return False
         return True
+
+
+def depends_on_training_length(option: Option, value: Any) -> bool:
+    """Whether ``value`` of ``option`` has an effect that moves when the total length of training changes."""
+    return option.fraction_of_training or (isinstance(value, Schedule) and value.start != value.end)
 
 
 def _numbers(value: Any) -> tuple[float, ...]:

@@ -34,8 +34,11 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> None:
-        """Take the lock or raise ``RunDirectoryBusy`` naming the process and host that hold it."""
+    def acquire(self, *, name_holder: bool = True) -> None:
+        """Take the lock or raise ``RunDirectoryBusy`` naming the process and host that hold it.
+
+        ``name_holder=False`` (a probe that lets go at once) leaves the file as it was.
+        """
         if self._fd is not None:
             return
         try:
@@ -52,6 +55,8 @@ class RunLock:
         except OSError:  # a filesystem without flock: no protection, but no reason to refuse the run either
             pass
         self._fd = fd
+        if not name_holder:
+            return
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode()
         with contextlib.suppress(OSError):  # the holder's name is a courtesy; a full disk must not stop here
@@ -72,7 +77,7 @@ def check_not_busy(run_dir: str | Path) -> None:
     path = Path(run_dir) / LOCK_NAME
     if path.is_file():
         probe = RunLock(run_dir)
-        probe.acquire()
+        probe.acquire(name_holder=False)
         probe.release()
 
 

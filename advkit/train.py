@@ -195,14 +195,23 @@ class Trainer:
                                          "message says why)")
 
     def _resume_from(self, state: dict[str, Any]) -> None:
-        self._check_unedited(state["config"])
+        saved_epochs = int(state["config"]["epochs"])
+        extending = self.config.epochs > saved_epochs
+        # an extension is checked below; every other setting must be as the run started
+        self._check_unedited({**state["config"], "epochs": self.config.epochs} if extending else state["config"])
         self._check_world_size(state)
+        if extending:
+            self._check_extension(state, saved_epochs)
         if self.world.is_main:
             self.lock.acquire()
         try:
             if self.world.is_main:
                 remove_stale_temporaries(self.out_dir)
             self._restore(state)
+            if extending:
+                self.resolved_config = {**self.resolved_config, "epochs": self.config.epochs}  # for the checkpoints
+                if self.world.is_main:
+                    self._record_epochs()
             if self.world.is_main:
                 self._repair_checkpoint_pair(state)
         except BaseException:
@@ -220,9 +229,22 @@ class Trainer:
         return count * self.world.size
 
     @classmethod
-    def resume_run(cls, run_dir: str | Path, *, registry: Registry | None = None, progress: bool = True) -> "Trainer":
-        """The stopped run in ``run_dir``, ready to ``fit()`` on from its ``last.pt`` with its ``config.yaml``."""
-        return cls(config_of_run(run_dir), run_dir, registry=registry, resume=True, progress=progress)
+    def resume_run(cls, run_dir: str | Path, *, epochs: int | None = None, registry: Registry | None = None,
+                   progress: bool = True) -> "Trainer":
+        """The stopped run in ``run_dir``, ready to ``fit()`` on from its ``last.pt`` with its ``config.yaml``.
+
+        ``epochs`` above the run's extends it (a finished run trains on), where that leaves every step
+        already trained as a fresh run of ``epochs`` would have taken it (see ``_check_extension``); the
+        run's config.yaml then records the new number. A run cannot be shortened.
+        """
+        config = config_of_run(run_dir)
+        if epochs is not None and epochs < config.epochs:
+            raise AdvkitError(f"--epochs {epochs} would shorten {run_dir}, a run of {config.epochs} epochs; --resume "
+                              f"only extends runs. For a shorter run, start a new one: advkit train --config "
+                              f"{Path(run_dir) / 'config.yaml'} --epochs {epochs} --out NEW_DIR")
+        if epochs is not None:
+            config.epochs = epochs
+        return cls(config, run_dir, registry=registry, resume=True, progress=progress)
 
     # ----------------------------------------------------------------------------------------- set-up
     def weight_average(self, decay: float) -> WeightAverage:
@@ -320,6 +342,42 @@ class Trainer:
                 raise AdvkitError(f"{self.out_dir / 'config.yaml'} was changed since the run started: {key} is "
                                   f"{self.resolved_config.get(key)!r} there but {saved.get(key)!r} in last.pt; "
                                   "restore it, or start a new run with --config")
+
+    def _check_extension(self, state: dict[str, Any], saved_epochs: int) -> None:
+        """Allow more epochs only where the steps already trained stay exactly those of a fresh run of as many.
+
+        Whatever depends on the total length of training must not change over those steps: the LR (compared
+        step by step under both lengths) and any component option tied to the length (a schedule over
+        training, a fraction of the epochs), which each component reports itself.
+        """
+        per_epoch = len(self.train_loader)
+        trained = int(state["epoch"]) * per_epoch + int((state.get("position") or {}).get("step", 0))
+        before = dataclasses.replace(self.config, epochs=saved_epochs)
+        where = f"cannot extend {self.out_dir} from {saved_epochs} to {self.config.epochs} epochs"
+        new_run = (f"start a new run instead: advkit train --config {self.out_dir / 'config.yaml'} --epochs "
+                   f"{self.config.epochs} --out NEW_DIR")
+        for step in range(trained):
+            old, new = learning_rate(before, step, per_epoch), learning_rate(self.config, step, per_epoch)
+            if old != new:
+                raise AdvkitError(f"{where}: the learning rate of step {step + 1} (epoch {step // per_epoch + 1}), "
+                                  f"already trained at {old:g}, would be {new:g} in a run of {self.config.epochs} "
+                                  f"epochs, because {_length_dependence(self.config)}; {new_run}")
+        for role, component in self._stateful():
+            tied = component.length_dependent_options()
+            if tied:
+                values = ", ".join(f"{role}.{name}" + (f"={plain(component.option_values[name])}"
+                                                       if name in component.option_values else "") for name in tied)
+                raise AdvkitError(f"{where}: {component.describe()} follows the length of training through "
+                                  f"{values} (a schedule over the whole run, or a fraction of its epochs), so the "
+                                  f"steps already trained would change; {new_run}")
+
+    def _record_epochs(self) -> None:
+        """config.yaml with the extended number of epochs, everything else (the software record too) kept."""
+        path = self.out_dir / "config.yaml"
+        record = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if record.get("epochs") != self.config.epochs:
+            record["epochs"] = self.config.epochs
+            atomic_write_text(yaml.safe_dump(record, sort_keys=False), path)
 
     def _with_option_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
         filled = {role: dict(values) for role, values in options.items()}
@@ -614,6 +672,17 @@ class Trainer:
         if "position" not in state and best_epoch == state["epoch"] and _epoch_of(self.out_dir / "best.pt") != best_epoch:
             atomic_duplicate(self.out_dir / "last.pt", self.out_dir / "best.pt")
         self._write_metrics()
+
+
+def _length_dependence(config: TrainConfig) -> str:
+    """Why ``config``'s LR schedule follows --epochs, and what a run that may be extended passes instead."""
+    if config.lr_schedule == "cosine":
+        return ("a cosine schedule spans --epochs (a run to be extended needs an LR fixed in epochs: "
+                "--lr-schedule piecewise with explicit --lr-milestones, or constant)")
+    if config.lr_schedule == "piecewise" and config.lr_milestones is None:
+        return ("--lr-milestones defaults to 50% and 75% of --epochs (pass explicit --lr-milestones, in epochs, "
+                "when you start a run you may extend)")
+    return "the LR schedule follows --epochs"
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:

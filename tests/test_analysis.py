@@ -1,4 +1,4 @@
-"""Calibration, entropy and divergence numbers against hand-derived values; plots written and non-empty."""
+"""Calibration, entropy and divergence numbers against hand-derived values; the figures' content and files."""
 
 import json
 import math
@@ -16,7 +16,15 @@ from advkit.analysis import (
 )
 from advkit.cli import main
 from advkit.errors import AdvkitError
-from advkit.plots import entropy_histograms, overfitting_summary, reliability_diagram, training_curves
+from advkit.plots import (
+    curves_figure,
+    entropy_figure,
+    entropy_histograms,
+    overfitting_summary,
+    reliability_diagram,
+    reliability_figure,
+    training_curves,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -97,11 +105,62 @@ def test_calibration_plots_are_png_files(tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
 
 
-def _write_run(directory, robust, lr_values):
+def axes_by_label(figure):
+    return {ax.get_label(): ax for ax in figure.axes}
+
+
+def test_reliability_figure_counts_every_example_under_its_diagram():
+    analysis = _analysis()
+    axes = axes_by_label(reliability_figure(analysis))
+    for which in ("clean", "adversarial"):
+        bars = axes[f"{which} counts"].patches
+        assert [bar.get_height() for bar in bars] == analysis.bins(which).count.tolist()
+        assert sum(bar.get_height() for bar in bars) == analysis.labels.shape[0]
+        written = [int(text.get_text()) for text in axes[f"{which} counts"].texts]
+        assert sum(written) == analysis.labels.shape[0] and 0 not in written  # empty bins carry no number
+    assert all(ax.get_legend() is None for ax in axes.values())  # one legend, outside the diagrams
+
+
+def test_entropy_histograms_are_outlines_whose_legend_matches_them():
+    axes = axes_by_label(entropy_figure(_analysis()))
+    for title, names in (("clean inputs", ["correct", "wrong"]),
+                         ("clean vs adversarial vs OOD", ["clean", "adversarial", "out-of-distribution"])):
+        ax = axes[title]
+        outlines = ax.patches
+        assert len(outlines) == len(names)
+        assert not any(patch.get_fill() for patch in outlines)  # nothing blends into an unlisted colour
+        assert len({patch.get_edgecolor() for patch in outlines}) == len(names)
+        handles = {text.get_text().split(" (")[0]: handle
+                   for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+        for name, patch in zip(names, outlines):
+            assert not handles[name].get_fill()
+            assert handles[name].get_edgecolor() == patch.get_edgecolor()
+
+
+def _write_run(directory, robust, lr_values, losses=None):
     directory.mkdir()
-    records = [{"epoch": i + 1, "train_loss": 1.0, "train_acc": 0.5, "lr": lr, "val_clean_acc": 0.8,
-                "val_robust_acc": r, "time_s": 1.0} for i, (r, lr) in enumerate(zip(robust, lr_values))]
+    losses = losses or [1.0] * len(robust)
+    records = [{"epoch": i + 1, "train_loss": loss, "train_acc": 0.5, "lr": lr, "val_clean_acc": 0.8,
+                "val_robust_acc": r, "time_s": 1.0} for i, (r, lr, loss) in enumerate(zip(robust, lr_values, losses))]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_curves_draw_the_lr_as_steps_on_a_log_axis_and_the_training_loss(tmp_path):
+    _write_run(tmp_path / "a", [0.2, 0.45, 0.40, 0.38], [0.1, 0.1, 0.01, 0.005], losses=[2.0, 1.5, 1.2, 1.1])
+    _write_run(tmp_path / "b", [0.1, 0.2, 0.3], [0.1, 0.1, 0.1], losses=[2.2, 1.9, 1.7])
+    figure, _ = curves_figure([tmp_path / "a", tmp_path / "b"])
+    axes = axes_by_label(figure)
+    assert axes["lr"].get_yscale() == "log"
+    first, second = axes["lr"].lines
+    assert first.get_drawstyle() == "steps-post"
+    # epoch e's LR is held from e - 1 to e: 0.005 is a step of its own, not a ramp from 0.01
+    assert list(first.get_xdata()) == [0, 1, 2, 3, 4] and list(first.get_ydata()) == [0.1, 0.1, 0.01, 0.005, 0.005]
+    assert list(axes["train_loss"].lines[0].get_ydata()) == [2.0, 1.5, 1.2, 1.1]
+    assert list(axes["train_loss"].lines[1].get_ydata()) == [2.2, 1.9, 1.7]
+    assert first.get_color() == axes["train_loss"].lines[0].get_color() != second.get_color()
+    assert all(ax.get_legend() is None for ax in axes.values()) and len(figure.legends) == 2
+    runs = [text.get_text() for text in figure.legends[1].get_texts()]
+    assert runs[0].startswith("a: best robust 45.00% (epoch 2), last 38.00%, gap 7.00 points")
 
 
 def test_training_curves_summarise_best_versus_last(tmp_path):

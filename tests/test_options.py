@@ -3,7 +3,7 @@ import math
 import pytest
 
 from advkit import Option, OptionError, Schedule
-from advkit.options import parse_float, resolve_options
+from advkit.options import depends_on_training_length, parse_float, resolve_options
 
 
 def test_fractions_parse_as_floats():
@@ -73,3 +73,13 @@ def test_errors_name_component_and_option(given, fragment):
         resolve_options(OPTIONS, given, "objective 'x'")
     assert str(info.value).startswith("objective 'x': ")
     assert fragment in str(info.value)
+
+
+def test_what_depends_on_the_length_of_training():
+    schedule = Option("tau", Schedule, "2", "a schedule")
+    assert not depends_on_training_length(schedule, Schedule.parse("2"))  # constant: the same at any length
+    assert depends_on_training_length(schedule, Schedule.parse("2.5:2"))
+    assert not depends_on_training_length(schedule, None)
+    share = Option("start", float, 0.45, "a fraction of the epochs", fraction_of_training=True)
+    assert depends_on_training_length(share, 0.45)
+    assert not depends_on_training_length(Option("beta", float, 6.0, "a weight"), 6.0)

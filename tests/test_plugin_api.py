@@ -21,13 +21,14 @@ from advkit.testing import straight_and_resumed
 
 PROBE = '''
 import torch
-from advkit import LabelRectifier, Option, one_hot
+from advkit import LabelRectifier, Option, Schedule, one_hot
 
 
 class Probe(LabelRectifier):
     """Records indices, labels and hook calls; logs a per-step metric and an epoch-level one."""
 
-    options = (Option("metric_name", str, "probe_index_mean", "name of the per-step metric"),)
+    options = (Option("metric_name", str, "probe_index_mean", "name of the per-step metric"),
+               Option("weight", Schedule, 1.0, "a value over training (unused): constant unless start:end"))
 
     def setup(self, run):
         self.num_examples = run.num_examples
@@ -126,6 +127,18 @@ def test_a_metric_named_like_the_trainers_own_is_refused(tmp_path, registry):
                       tmp_path / "run", registry=registry, progress=False)
     with pytest.raises(AdvkitError, match="metric named 'train_loss', which is the trainer's own"):
         trainer.fit()
+
+
+def test_a_run_extends_only_while_no_component_follows_the_length_of_training(tmp_path, registry):
+    constant = config(epochs=1, lr_schedule="constant")
+    Trainer(constant, tmp_path / "constant", registry=registry, progress=False).fit()
+    extended = Trainer.resume_run(tmp_path / "constant", epochs=2, registry=registry, progress=False)
+    assert extended.rectifier.length_dependent_options() == []
+    annealed = config(epochs=1, lr_schedule="constant", options={"attack": {"steps": 1}, "rectifier": {"weight": "1:0.5"}})
+    Trainer(annealed, tmp_path / "annealed", registry=registry, progress=False).fit()
+    with pytest.raises(AdvkitError, match=r"rectifier 'probe' follows the length of training through "
+                                          r"rectifier\.weight=1:0\.5 \(a schedule over the whole run"):
+        Trainer.resume_run(tmp_path / "annealed", epochs=2, registry=registry, progress=False)
 
 
 def test_log_metric_takes_scalars_only():

@@ -99,3 +99,69 @@ def test_learning_rate_schedules():
     assert learning_rate(warm, 100, 100) == pytest.approx(0.05)
     assert learning_rate(warm, 300, 100) == pytest.approx(0.1)
     assert learning_rate(warm, 600, 100) == pytest.approx(0.01)
+
+
+def _records_without_time(history):
+    return [{key: value for key, value in record.items() if key != "time_s"} for record in history]
+
+
+def test_extending_a_finished_run_continues_exactly_like_a_straight_run(tmp_path):
+    milestones = [1.5, 2.5]  # given in epochs: they keep their meaning when the run grows
+    Trainer(digits_config(epochs=3, lr_milestones=milestones), tmp_path / "straight", progress=False).fit()
+    Trainer(digits_config(epochs=2, lr_milestones=milestones), tmp_path / "extended", progress=False).fit()
+    extended = Trainer.resume_run(tmp_path / "extended", epochs=3, progress=False)
+    assert extended.start_epoch == 2
+    extended.fit()
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    grown = torch.load(tmp_path / "extended" / "last.pt", weights_only=True)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, grown["model"][key]), key
+    assert _records_without_time(grown["history"]) == _records_without_time(straight["history"])
+    assert grown["history"][-1]["lr"] == pytest.approx(0.05 * 0.01)  # the second milestone applied in epoch 3
+    assert grown["config"]["epochs"] == 3
+    assert yaml.safe_load((tmp_path / "extended" / "config.yaml").read_text())["epochs"] == 3
+    again = Trainer.resume_run(tmp_path / "extended", progress=False)  # config.yaml and last.pt agree on 3
+    assert again.fit() == grown["history"]
+    assert Trainer.resume_run(tmp_path / "extended", epochs=3, progress=False).fit() == grown["history"]  # no-op
+
+
+def _digests(run):
+    import hashlib
+
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(run.iterdir())}
+
+
+def test_an_extension_that_would_change_the_trained_lr_is_refused_and_writes_nothing(tmp_path, run_cli):
+    run = tmp_path / "run"
+    Trainer(digits_config(epochs=2, objective="at", val_steps=1), run, progress=False).fit()  # milestones 1, 1.5
+    before = _digests(run)
+    for args, fragments in [
+        (["--epochs", "3"], ["cannot extend {run} from 2 to 3 epochs: the learning rate of step ",
+                             " (epoch 2), already trained at 0.005, would be 0.05 in a run of 3 epochs, because "
+                             "--lr-milestones defaults to 50% and 75% of --epochs (pass explicit --lr-milestones"]),
+        (["--epochs", "1"], ["--epochs 1 would shorten {run}, a run of 2 epochs; --resume only extends runs"]),
+        (["--epochs", "3", "--lr-milestones", "1,1.5"], ["drop --lr-milestones"]),
+        (["--epochs", "3", "--lr", "0.1"], ["drop --lr"]),
+        (["--out", str(tmp_path / "elsewhere")], ["drop --out"]),
+    ]:
+        code, out, err = run_cli(["train", "--resume", str(run), "--quiet", *args])
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, err
+        assert all(fragment.format(run=run) in lines[0] for fragment in fragments), err
+        assert _digests(run) == before
+    # epochs raised in config.yaml (by hand, or by a kill right after an extension rewrote it) is the same request
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("epochs: 2", "epochs: 3"))
+    code, _, err = run_cli(["train", "--resume", str(run), "--quiet"])
+    assert code == 2 and f"cannot extend {run} from 2 to 3 epochs: the learning rate of step" in err, err
+
+
+def test_an_extension_is_allowed_while_the_default_milestones_are_not_yet_reached(tmp_path):
+    run = tmp_path / "run"
+    Trainer(digits_config(epochs=4, objective="at", val_steps=1), run, progress=False).fit(stop_after_epoch=1)
+    Trainer.resume_run(run, epochs=6, progress=False)  # milestones 2, 3 → 3, 4.5: epoch 1's LR is the same
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 6
+    with pytest.raises(AdvkitError, match="cosine schedule spans --epochs"):
+        cosine = tmp_path / "cosine"
+        Trainer(digits_config(epochs=2, objective="at", val_steps=1, lr_schedule="cosine"), cosine,
+                progress=False).fit(stop_after_epoch=1)
+        Trainer.resume_run(cosine, epochs=3, progress=False)

@@ -136,3 +136,9 @@ def test_invalid_options_name_the_rectifier_and_the_valid_range(values: dict, me
     with pytest.raises(OptionError, match=message) as error:
         ADR(**values)
     assert "rectifier 'adr'" in str(error.value)
+
+
+def test_annealed_schedules_tie_adr_to_the_length_of_training():
+    """Extending a run would stretch τ and λ over the steps already trained: the trainer refuses it."""
+    assert ADR(preset="cifar10").length_dependent_options() == ["temperature", "interpolation"]
+    assert ADR(temperature="2", interpolation="0.9").length_dependent_options() == []

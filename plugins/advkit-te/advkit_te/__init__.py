@@ -72,9 +72,9 @@ class TemporalEnsembling(LabelRectifier):
     options = (
         Option("momentum", float, 0.9, "EMA momentum m of the prediction memory (official te-alpha 0.9)", low=0.0, high=1.0),
         Option("start", float, 0.45, "fraction of the epochs after which the memory is updated and used (official 90/200)",
-               low=0.0, high=1.0),
+               low=0.0, high=1.0, fraction_of_training=True),
         Option("end", float, 0.75, "fraction of the epochs at which the weight's ramp-up ends (official 150/200)",
-               low=0.0, high=1.0),
+               low=0.0, high=1.0, fraction_of_training=True),
         Option("weight", float, 300.0, "regulariser weight at full ramp, for te-pgd and the te objective (official 300)",
                low=0.0),
         Option("mix", float, 0.0, "share λ of q mixed into the training targets at full ramp (0: official, one-hot targets)",

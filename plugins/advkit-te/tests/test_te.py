@@ -125,3 +125,7 @@ def test_the_memory_survives_a_mid_epoch_resume_exactly(tmp_path):
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     assert straight.history[-1]["te_regulariser"] == resumed.history[-1]["te_regulariser"] > 0
+
+
+def test_start_and_end_follow_the_length_of_training_so_a_run_cannot_be_extended():
+    assert rectifier().length_dependent_options() == ["start", "end"]
