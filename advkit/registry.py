@@ -73,10 +73,11 @@ class Registry:
         """Make ``cls``, a class the running script or notebook defines, selectable as ``name`` of ``kind``.
 
         For components that are not worth a distribution (an experiment in a notebook): it lasts until the
-        returned handle's ``remove()`` (or the end of its ``with`` block) or the end of the process, and is
-        not written anywhere a new process could find it. A name an installed distribution already
-        provides is refused, naming both; so is a class that does not subclass the kind's interface.
-        Registering a class of the same module and qualified name again replaces it (a re-run notebook cell).
+        returned handle's ``remove()`` (or the end of its ``with`` block) or the end of the process. A run
+        records the class's import path, not the class: a new process must register it again. A name an
+        installed distribution already provides is refused, naming both; so is a class that does not
+        subclass the kind's interface. Registering a class of the same module and qualified name again
+        replaces it (a re-run notebook cell).
         """
         described = _qualified(cls)
         if kind not in GROUPS:
