@@ -2,7 +2,8 @@
 
 This module is the public API. Plugins import from ``advkit`` only (never from submodules' private
 names): the three interfaces, the step context, typed options, the shared losses and attack helpers,
-and the training and evaluation entry points.
+the training and evaluation entry points, and the component registry's two calls (a class by name; a
+class defined in a script, registered for the running process).
 
 Every name is imported on first use, so ``import advkit`` (and the ``advkit`` command's start-up, where
 a Ctrl-C must not end in a traceback from deep inside ``import torch``) costs nothing until a component
@@ -51,6 +52,8 @@ _EXPORTS = {
     "soft_cross_entropy": "advkit.losses",
     "Option": "advkit.options",
     "Schedule": "advkit.options",
+    "load_component": "advkit.registry",
+    "register_component": "advkit.registry",
     "TrainConfig": "advkit.config",
     "Trainer": "advkit.train",
     "load_trained_model": "advkit.checkpoint",
@@ -86,5 +89,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .evaluate import evaluate_checkpoint
     from .losses import KL_REDUCTIONS, cw_margin, kl_divergence, kl_divergence_logits, one_hot, soft_cross_entropy
     from .options import Option, Schedule
+    from .registry import load_component, register_component
     from .teachers import load_teacher
     from .train import Trainer

@@ -3,6 +3,10 @@
 Listing reads distribution metadata only; a plugin's module is imported when a command selects it, so a
 broken plugin that nobody asked for cannot break a run. Any ``torchattacks`` attack is available as
 ``torchattacks:<ClassName>``.
+
+A script or notebook may also register a class it defines itself (``register_component``): an explicit
+call by the code that uses the component, for that process only. Installed plugins still come from entry
+points alone; importing a module never registers anything.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import difflib
 import importlib.metadata as metadata
 import inspect
+import re
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Iterable, Mapping
 
 from .errors import PluginError
@@ -22,34 +28,83 @@ GROUPS: dict[str, str] = {
     "objective": "advkit.objectives",
 }
 TORCHATTACKS_PREFIX = "torchattacks:"
+RUNTIME_DISTRIBUTION = "(registered at run time)"  # the "distribution" of a class a script registered itself
+# ':' starts the torchattacks:/plugin: prefixes and eval options, '.' separates -o COMPONENT.KEY: neither fits a name.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
 class PluginEntry:
-    """One registered component as the metadata describes it (nothing imported yet)."""
+    """One registered component as the metadata describes it (nothing imported yet).
+
+    ``component`` is set for a class registered at run time, which has no entry point and no distribution.
+    """
 
     kind: str
     name: str
     distribution: str
     version: str
     entry_point: metadata.EntryPoint | None
+    component: type | None = None
 
     @property
     def target(self) -> str:
+        if self.component is not None:
+            return _qualified(self.component)
         return self.entry_point.value if self.entry_point is not None else f"torchattacks.{self.name.split(':', 1)[1]}"
 
 
 class Registry:
-    """Components found in the installed distributions (or in ``paths``, for tests)."""
+    """Components found in the installed distributions (or in ``paths``, for tests), plus the classes a
+    script registered at run time (``register``)."""
 
     def __init__(self, paths: Iterable[str] | None = None) -> None:
         self._paths = list(paths) if paths is not None else None
         self._entries: list[PluginEntry] | None = None
+        self._registered: dict[tuple[str, str], PluginEntry] = {}
 
     def entries(self, kind: str | None = None) -> list[PluginEntry]:
         if self._entries is None:
             self._entries = self._scan()
-        return [entry for entry in self._entries if kind is None or entry.kind == kind]
+        every = sorted([*self._entries, *self._registered.values()], key=lambda e: (e.kind, e.name, e.distribution))
+        return [entry for entry in every if kind is None or entry.kind == kind]
+
+    def register(self, kind: str, name: str, cls: type) -> "Registration":
+        """Make ``cls``, a class the running script or notebook defines, selectable as ``name`` of ``kind``.
+
+        For components that are not worth a distribution (an experiment in a notebook): it lasts until the
+        returned handle's ``remove()`` (or the end of its ``with`` block) or the end of the process. A run
+        records the class's import path, not the class: a new process must register it again. A name an
+        installed distribution already provides is refused, naming both; so is a class that does not
+        subclass the kind's interface. Registering a class of the same module and qualified name again
+        replaces it (a re-run notebook cell).
+        """
+        described = _qualified(cls)
+        if kind not in GROUPS:
+            raise PluginError(f"cannot register {described}: unknown component kind '{kind}' (kinds: {', '.join(GROUPS)})")
+        if not _NAME.fullmatch(name):
+            raise PluginError(f"cannot register {kind} {described} as {name!r}: a name is letters, digits, '-' and '_' "
+                              "(no ':' or '.', which the torchattacks:/plugin: prefixes and -o NAME.KEY use)")
+        base = _interface(kind)
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"cannot register {described} as {kind} '{name}': it is not a subclass of "
+                              f"advkit.{base.__name__}")
+        for entry in self.entries(kind):
+            if entry.name != name:
+                continue
+            if entry.component is None:
+                raise PluginError(f"cannot register {described} as {kind} '{name}': distribution {entry.distribution} "
+                                  f"{entry.version} already provides that name ({entry.target}); choose another name")
+            if entry.target != described:
+                raise PluginError(f"cannot register {described} as {kind} '{name}': {entry.target} is registered "
+                                  "under that name in this process; choose another name, or remove() that one first")
+        self._registered[(kind, name)] = PluginEntry(kind, name, RUNTIME_DISTRIBUTION, "", None, cls)
+        return Registration(self, kind, name, cls)
+
+    def _unregister(self, kind: str, name: str, cls: type) -> None:
+        entry = self._registered.get((kind, name))
+        if entry is not None and entry.component is cls:  # not a later registration that replaced it
+            del self._registered[(kind, name)]
 
     def _scan(self) -> list[PluginEntry]:
         groups = {group: kind for kind, group in GROUPS.items()}
@@ -106,6 +161,9 @@ class Registry:
     def load(self, kind: str, name: str) -> type:
         """Import the selected component's class, checking it implements the interface."""
         entry = self.find(kind, name)
+        if entry.component is not None:  # checked when it was registered
+            entry.component.name = name
+            return entry.component
         if entry.entry_point is None:
             import torchattacks
 
@@ -125,6 +183,31 @@ class Registry:
             )
         loaded.name = name
         return loaded
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A class registered at run time; ``remove()``, or leaving a ``with`` block, unregisters it."""
+
+    registry: Registry
+    kind: str
+    name: str
+    component: type
+
+    def remove(self) -> None:
+        self.registry._unregister(self.kind, self.name, self.component)
+
+    def __enter__(self) -> "Registration":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.remove()
+
+
+def _qualified(cls: object) -> str:
+    """``module:QualifiedName`` of a class (entry-point notation), the ``repr`` of anything else."""
+    return f"{cls.__module__}:{cls.__qualname__}" if isinstance(cls, type) else repr(cls)
 
 
 def _interface(kind: str) -> type:
@@ -178,3 +261,19 @@ def default_registry() -> Registry:
     if _DEFAULT is None:
         _DEFAULT = Registry()
     return _DEFAULT
+
+
+def register_component(kind: str, name: str, cls: type) -> Registration:
+    """Register ``cls`` (defined in your script or notebook) as ``name`` for this process: ``Trainer``,
+    ``TrainConfig`` names, ``evaluate_checkpoint`` (``plugin:NAME``) and ``load_component`` then find it.
+
+    ``kind`` is ``rectifier``, ``attack`` or ``objective``. See ``Registry.register`` for the rules; use the
+    returned handle as a context manager to scope the registration to a block.
+    """
+    return default_registry().register(kind, name, cls)
+
+
+def load_component(kind: str, name: str) -> type:
+    """The class behind a component name (installed, registered at run time, or ``torchattacks:<Name>``),
+    for use outside training: e.g. ``load_component("attack", "pgd")(model, eps=8/255)``."""
+    return default_registry().load(kind, name)

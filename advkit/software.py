@@ -43,7 +43,7 @@ def software_versions(device: Any = None) -> dict[str, Any]:
     from .registry import default_registry
 
     plugins = sorted({(entry.distribution, entry.version) for entry in default_registry().entries()
-                      if entry.distribution not in ("advkit", "torchattacks")})
+                      if entry.distribution not in ("advkit", "torchattacks") and entry.component is None})
     record: dict[str, Any] = {
         "python": sys.version.split()[0],
         "advkit": _version("advkit"),

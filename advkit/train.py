@@ -35,7 +35,7 @@ from .config import SETTING_DEFAULTS, Components, TrainConfig, load_config_file,
 from .data import BatchLoader, load_dataset
 from .data.extra import load_extra_data
 from .distributed import ProcessGroup, World, resolve_device
-from .errors import EXIT_PREEMPTED, AdvkitError, TrainingDiverged
+from .errors import EXIT_PREEMPTED, AdvkitError, PluginError, TrainingDiverged
 from .evaluate import correct_count, validation_attack
 from .interrupts import StopRequest
 from .models import build_model
@@ -47,6 +47,7 @@ from .weight_perturbation import weight_update
 
 CHECKPOINT_FORMAT = "advkit-checkpoint-1"
 FINITE_CHECK_EVERY = 100  # steps between reads of the device-side finite flag (one host sync each)
+RUNTIME_KEY = "registered_at_run_time"  # components the script registered itself (checkpoints, config.yaml's record)
 RESERVED_METRICS = frozenset({"epoch", "train_loss", "train_acc", "lr", "time_s"})  # and val_*: the trainer's keys
 # Settings that say where or how often a run works, not what it computes: they may change on --resume.
 RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every", "extra_data",
@@ -117,7 +118,13 @@ class Trainer:
             check_output_dir(self.out_dir, "--out")
         self.group = ProcessGroup(self.world, self.device)
 
+        if resume_state is not None:
+            _check_registered_again(resume_state.get(RUNTIME_KEY, {}), registry, self.out_dir)
         self.components: Components = select_components(config, registry)
+        # role -> {name, class} of the components no distribution provides: a new process must register them again
+        self.registered_at_run_time = {role: {"name": name, "class": entry.target}
+                                       for role, name in self.components.names.items()
+                                       if (entry := registry.find(role, name)).component is not None}
         split_seed = config.seed if config.split_seed is None else config.split_seed
         splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=split_seed,
                               download=config.download, train_size=config.train_size)
@@ -293,7 +300,10 @@ class Trainer:
                 raise AdvkitError(f"run directory {self.out_dir} already holds a run; pass --resume "
                                   f"{self.out_dir} to continue it, or choose another --out")
             remove_stale_temporaries(self.out_dir)
-            record = {**self.resolved_config, RECORD_KEY: software_versions(self.device)}  # who started the run
+            software = software_versions(self.device)  # who started the run
+            if self.registered_at_run_time:
+                software[RUNTIME_KEY] = self.registered_at_run_time
+            record = {**self.resolved_config, RECORD_KEY: software}
             atomic_write_text(yaml.safe_dump(record, sort_keys=False), self.out_dir / "config.yaml")
         except OSError as exc:
             self._undo_out_dir(created)
@@ -608,6 +618,7 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "world_size": self.world.size,
+            RUNTIME_KEY: self.registered_at_run_time,
         }
 
     def _save(self, epoch: int, record: dict[str, Any]) -> None:
@@ -704,6 +715,18 @@ def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
     """Non-finite floats as null: metrics.jsonl stays valid JSON whatever a metric did."""
     return {key: None if isinstance(value, float) and not math.isfinite(value) else value
             for key, value in record.items()}
+
+
+def _check_registered_again(registered: dict[str, dict[str, str]], registry: Registry, run_dir: Path) -> None:
+    """A class the starting script registered exists in no distribution: a resume needs it registered again."""
+    for role, component in sorted(registered.items()):
+        name, target = component["name"], component["class"]
+        if name not in registry.names(role):
+            raise PluginError(
+                f"cannot resume {run_dir}: its {role} '{name}' ({target}) was registered at run time by the script "
+                f"that started the run, and this process has not registered it. Register the same class again, then "
+                f"resume from Python: advkit.register_component('{role}', '{name}', {target.rpartition('.')[2].rpartition(':')[2]}); "
+                f"advkit.Trainer.resume_run('{run_dir}').fit()")
 
 
 def config_of_run(run_dir: str | Path) -> TrainConfig:
