@@ -52,6 +52,7 @@ _EXPORTS = {
     "Option": "advkit.options",
     "Schedule": "advkit.options",
     "TrainConfig": "advkit.config",
+    "Logger": "advkit.tracking",
     "Trainer": "advkit.train",
     "load_trained_model": "advkit.checkpoint",
     "safe_load": "advkit.checkpoint",
@@ -87,4 +88,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .losses import KL_REDUCTIONS, cw_margin, kl_divergence, kl_divergence_logits, one_hot, soft_cross_entropy
     from .options import Option, Schedule
     from .teachers import load_teacher
+    from .tracking import Logger
     from .train import Trainer
