@@ -493,7 +493,7 @@ class Trainer:
                 steps_done, in_epoch = iteration + 1, index + 1
                 if in_epoch % FINITE_CHECK_EVERY == 0:
                     self._check_finite(totals, epoch, in_epoch)
-                if self.step_window is not None:  # before a checkpoint at this step, which then holds an empty window
+                if self.step_window is not None:  # before this step's checkpoint: a resume neither repeats nor loses it
                     self.step_window.add("train", step_sums)
                     if steps_done % self.step_window.interval == 0:
                         self._log_steps(steps_done)
@@ -648,6 +648,7 @@ class Trainer:
         self.last_saved = f"{self.out_dir / 'last.pt'} holds step {step} of epoch {epoch + 1}"
 
     def _summed_window(self) -> dict[str, torch.Tensor] | None:
+        """The --log-interval sums in progress, for last.pt (a collective under torchrun: every rank calls it)."""
         return self.step_window.summed(self.group.summed) if self.step_window is not None else None
 
     def _write_metrics(self) -> None:

@@ -217,15 +217,12 @@ def test_csv_takes_a_column_that_appears_later_without_shifting_the_rows(tmp_pat
 
 def test_loggers_added_on_resume_receive_the_epochs_already_trained(tmp_path, run_cli):
     pytest.importorskip("tensorboard")
-    yaml_config = tmp_path / "c.yaml"
-    yaml_config.write_text("dataset: digits\nmodel: small-cnn\neps: 0.1\nepochs: 2\nbatch_size: 32\nval_steps: 1\n"
-                           "val_size: 64\ntrain_size: 256\ndevice: cpu\noptions: {attack: {steps: 1}}\n")
     run = tmp_path / "run"
     Trainer(config(), run, progress=False).fit(stop_after_epoch=1)
     assert not (run / "tensorboard").exists()
     code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "3"])
     assert code == 2 and "drop --epochs" in err
-    code, out, err = run_cli(["train", "--resume", str(run), "--logger", "tensorboard,csv", "--log-interval", "4", "--quiet"])
+    code, _, err = run_cli(["train", "--resume", str(run), "--logger", "tensorboard,csv", "--log-interval", "4", "--quiet"])
     assert code == 0, err
     saved = records(run)
     assert [row["epoch"] for row in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
