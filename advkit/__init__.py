@@ -55,6 +55,7 @@ _EXPORTS = {
     "load_component": "advkit.registry",
     "register_component": "advkit.registry",
     "TrainConfig": "advkit.config",
+    "Logger": "advkit.tracking",
     "Trainer": "advkit.train",
     "load_trained_model": "advkit.checkpoint",
     "safe_load": "advkit.checkpoint",
@@ -91,4 +92,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .options import Option, Schedule
     from .registry import load_component, register_component
     from .teachers import load_teacher
+    from .tracking import Logger
     from .train import Trainer

@@ -88,6 +88,9 @@ _TRAIN_FLAGS = {
     "extra_data": (click.Path(), "generated training data: a .npz (image uint8 N×H×W×C, label N) or a folder of them, memory-mapped"),
     "extra_fraction": (NUMBER, "generated share of every batch with --extra-data [0.7]; an epoch is one pass over the real data"),
     "checkpoint_every": (int, "also save last.pt every N optimizer steps, for long epochs [epoch ends only]"),
+    "log_interval": (int, "also log the training loss, accuracy and LR, averaged over every N optimizer steps, to "
+                          "RUN_DIR/steps.jsonl and the loggers [0: off]"),
+    "mlflow_uri": (str, "MLflow tracking URI of --logger mlflow [MLFLOW_TRACKING_URI, else sqlite:///RUN_DIR/mlflow.db]"),
 }
 
 
@@ -100,6 +103,8 @@ def _train_options(function: Any) -> Any:
 @cli.command()
 @_train_options
 @click.option("--lr-milestones", "lr_milestones", default=None, help="comma-separated epochs where the LR is multiplied by --lr-gamma [50%,75% of --epochs]")
+@click.option("--logger", "logger", default=None, metavar="NAMES",
+              help="also send the metrics to: tensorboard, csv, wandb, mlflow (comma-separated; may be given with --resume) [none]")
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum [off]")
 @click.option("--download/--no-download", default=None, help="let torchvision download a missing dataset, RobustBench a missing teacher [off]")
 @click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format [off]")
@@ -115,7 +120,7 @@ def _train_options(function: Any) -> Any:
                    "its LR schedule and components' schedules do not depend on the total)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def train(config_file: str | None, out: str | None, resume: str | None, quiet: bool, options: tuple[str, ...],
-          lr_milestones: str | None, **flags: Any) -> None:
+          lr_milestones: str | None, logger: str | None, **flags: Any) -> None:
     """Train a model; writes config.yaml, metrics.jsonl, last.pt and best.pt into the run directory.
 
     \b
@@ -128,6 +133,8 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
 
     request = StopRequest()
     with stop_on_signals(request):
+        if logger is not None:
+            flags["logger"] = _logger_names(logger)
         trainer = _build_trainer(config_file, out, resume, quiet, options, lr_milestones, flags)
         trainer.stop_request = request
         try:
@@ -155,17 +162,18 @@ def train(config_file: str | None, out: str | None, resume: str | None, quiet: b
 
 def _build_trainer(config_file: str | None, out: str | None, resume: str | None, quiet: bool,
                    options: tuple[str, ...], lr_milestones: str | None, flags: dict[str, Any]) -> Any:
-    from .config import TrainConfig, load_config_file, merge_options, parse_option_flags
+    from .config import TRACKING_SETTINGS, TrainConfig, load_config_file, merge_options, parse_option_flags
     from .train import Trainer
 
     given = {key: value for key, value in flags.items() if value is not None}
-    if resume:
+    if resume:  # a larger --epochs, and where the metrics go, leave the steps already trained as they were
         others = {"option": options, "config": config_file, "lr_milestones": lr_milestones, "out": out}
-        extra = sorted((set(given) - {"epochs"}) | {name for name, value in others.items() if value})
+        extra = sorted((set(given) - {"epochs"} - TRACKING_SETTINGS) | {name for name, value in others.items() if value})
         if extra:
             raise AdvkitError(f"--resume takes the settings from {resume}/config.yaml (only a larger --epochs may "
                               f"extend the run); drop --{extra[0].replace('_', '-')}")
-        return Trainer.resume_run(resume, epochs=given.get("epochs"), progress=not quiet)
+        tracking = {key: value for key, value in given.items() if key in TRACKING_SETTINGS}
+        return Trainer.resume_run(resume, epochs=given.get("epochs"), progress=not quiet, tracking=tracking)
     config = load_config_file(config_file) if config_file else TrainConfig()
     for key, value in given.items():
         setattr(config, key, value)
@@ -181,6 +189,12 @@ def _build_trainer(config_file: str | None, out: str | None, resume: str | None,
                    "--lr-milestones to move them", err=True)
     out_dir = Path(out or f"runs/{config.objective}-{config.dataset}-{config.model.replace(':', '-')}")
     return Trainer(config, out_dir, progress=not quiet)
+
+
+def _logger_names(text: str) -> list[str]:
+    """``tensorboard,csv`` → ["tensorboard", "csv"]; ``none`` (or nothing) turns off a config file's loggers."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    return [] if names == ["none"] else names
 
 
 def _milestones(text: str) -> list[float]:
@@ -468,7 +482,7 @@ def summarize(runs: tuple[str, ...], csv_path: str | None, markdown_path: str | 
     """Mean ± std over seeds of RUNS (run directories, or folders searched for them), as a Markdown table.
 
     Runs are grouped by their config.yaml minus the seed (and data_dir, device, download, teacher_cache,
-    checkpoint_every, threads). Columns: validation clean and robust accuracy at the best epoch, robust accuracy at
+    checkpoint_every, threads, logger, log_interval, mlflow_uri). Columns: validation clean and robust accuracy at the best epoch, robust accuracy at
     the last epoch, their gap (robust overfitting), and the test results of each eval-best.json /
     eval-last.json that `advkit eval --json` wrote into a run; "test robust" is the worst case over the
     attacks evaluated, "test gap" best minus last. Accuracies in %, ± the sample std over seeds.

@@ -59,8 +59,13 @@ CountOrFraction = Annotated[pydantic.StrictInt | Number, Expects("a count (integ
 Epochs = Annotated[list[Number], Expects("a list of epoch numbers, e.g. [100, 150]")]
 ComponentOptions = Annotated[dict[pydantic.StrictStr, dict[pydantic.StrictStr, Any]],
                              Expects("a mapping such as {trades: {beta: 6}}")]
+LoggerNames = Annotated[list[pydantic.StrictStr], Expects("a list of logger names, e.g. [tensorboard, csv]")]
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
 AMP_MODES = ("off", "bf16", "fp16")
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")  # advkit.tracking.BACKENDS
+# Where a run's metrics are sent, not what the run computes: they may change on --resume, and runs that
+# differ only in them are one configuration (advkit summarize, advkit study).
+TRACKING_SETTINGS = frozenset({"logger", "log_interval", "mlflow_uri"})
 
 
 @dataclass
@@ -108,6 +113,9 @@ class TrainConfig:
     compile: Flag = False
     extra_data: Text | None = None
     extra_fraction: Number | None = None
+    logger: LoggerNames = field(default_factory=list)
+    log_interval: Integer = 0
+    mlflow_uri: Text | None = None
     options: ComponentOptions = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -153,6 +161,10 @@ class TrainConfig:
             (self.awp is None or self.amp != "fp16", "--awp cannot be combined with --amp fp16 (loss-scaled gradients would set the perturbation); use --amp bf16 or off"),
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
             (self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"--device must be auto, cpu or cuda[:N], got {self.device!r}"),
+            (all(name in LOGGERS for name in self.logger),
+             f"--logger takes {', '.join(LOGGERS)} (comma-separated), got {', '.join(map(repr, self.logger))}"),
+            (len(set(self.logger)) == len(self.logger), f"--logger names a logger twice: {', '.join(self.logger)}"),
+            (self.log_interval >= 0, f"--log-interval must be non-negative (optimizer steps; 0 is off), got {self.log_interval}"),
         ]
         for ok, message in checks:
             if not ok:

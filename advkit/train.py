@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from .averaging import WeightAverage
 from .checkpoint import (atomic_duplicate, atomic_save, atomic_write_text, load_state_dict_or_explain,
                          remove_stale_temporaries, safe_load, write_failed)
 from .components import Configurable, Progress, RunSetup, StepContext
-from .config import SETTING_DEFAULTS, Components, TrainConfig, load_config_file, select_components
+from .config import SETTING_DEFAULTS, TRACKING_SETTINGS, Components, TrainConfig, load_config_file, select_components
 from .data import BatchLoader, load_dataset
 from .data.extra import load_extra_data
 from .distributed import ProcessGroup, World, resolve_device
@@ -43,6 +43,7 @@ from .options import plain
 from .registry import Registry, component_options, default_registry
 from .rundir import LOCK_NAME, RunLock, check_not_busy, check_output_dir
 from .software import RECORD_KEY, software_versions
+from .tracking import Logger, LoggerGroup, StepWindow, TrackedRun, check_packages, open_loggers
 from .weight_perturbation import weight_update
 
 CHECKPOINT_FORMAT = "advkit-checkpoint-1"
@@ -51,7 +52,7 @@ RUNTIME_KEY = "registered_at_run_time"  # components the script registered itsel
 RESERVED_METRICS = frozenset({"epoch", "train_loss", "train_acc", "lr", "time_s"})  # and val_*: the trainer's keys
 # Settings that say where or how often a run works, not what it computes: they may change on --resume.
 RELOCATABLE_SETTINGS = frozenset({"data_dir", "device", "download", "teacher_cache", "checkpoint_every", "extra_data",
-                                  "threads"})
+                                  "threads"}) | TRACKING_SETTINGS
 DEFAULT_EXTRA_FRACTION = 0.7  # generated share of every batch with --extra-data (Wang et al. 2023 use 0.7–0.8)
 
 
@@ -91,11 +92,15 @@ class PlainUpdate:
 
 
 class Trainer:
-    """One training run writing into ``out_dir`` (config.yaml, metrics.jsonl, last.pt, best.pt)."""
+    """One training run writing into ``out_dir`` (config.yaml, metrics.jsonl, last.pt, best.pt).
+
+    ``loggers`` receive the records too, besides the backends that ``config.logger`` names (on rank 0).
+    """
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, registry: Registry | None = None,
-                 resume: bool = False, progress: bool = True) -> None:
+                 resume: bool = False, progress: bool = True, loggers: Sequence[Logger] = ()) -> None:
         config.validate()
+        check_packages(config.logger, config.mlflow_uri, Path(out_dir))  # before any file is written
         if config.threads is not None:  # torch's default is every core, which a busy machine shares badly
             torch.set_num_threads(config.threads)
         self.config = config
@@ -184,6 +189,9 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": None, "val_robust_acc": -1.0}
         self._position: dict[str, Any] | None = None  # where in an epoch a mid-epoch checkpoint stopped
         self.metric_totals: dict[str, torch.Tensor] = {}  # the components' logged metrics: [sum, count] this epoch
+        self.step_window = StepWindow(config.log_interval) if config.log_interval > 0 else None
+        self.extra_loggers = list(loggers)
+        self.loggers = LoggerGroup([])  # opened by fit() on rank 0
         self.last_saved = "no checkpoint had been written"  # where last.pt stands, in words (for stop messages)
         self.resolved_config = self._resolve_config()
         failure = None
@@ -237,12 +245,15 @@ class Trainer:
 
     @classmethod
     def resume_run(cls, run_dir: str | Path, *, epochs: int | None = None, registry: Registry | None = None,
-                   progress: bool = True) -> "Trainer":
+                   progress: bool = True, tracking: Mapping[str, Any] | None = None,
+                   loggers: Sequence[Logger] = ()) -> "Trainer":
         """The stopped run in ``run_dir``, ready to ``fit()`` on from its ``last.pt`` with its ``config.yaml``.
 
         ``epochs`` above the run's extends it (a finished run trains on), where that leaves every step
         already trained as a fresh run of ``epochs`` would have taken it (see ``_check_extension``); the
-        run's config.yaml then records the new number. A run cannot be shortened.
+        run's config.yaml then records the new number. A run cannot be shortened. ``tracking`` replaces
+        tracking settings (logger, log_interval, mlflow_uri) for this session only: they say where metrics
+        go, not what the run computes.
         """
         config = config_of_run(run_dir)
         if epochs is not None and epochs < config.epochs:
@@ -251,7 +262,11 @@ class Trainer:
                               f"{Path(run_dir) / 'config.yaml'} --epochs {epochs} --out NEW_DIR")
         if epochs is not None:
             config.epochs = epochs
-        return cls(config, run_dir, registry=registry, resume=True, progress=progress)
+        for key, value in (tracking or {}).items():
+            if key not in TRACKING_SETTINGS:
+                raise AdvkitError(f"--resume takes the settings from {run_dir}/config.yaml; drop --{key.replace('_', '-')}")
+            setattr(config, key, value)
+        return cls(config, run_dir, registry=registry, resume=True, progress=progress, loggers=loggers)
 
     # ----------------------------------------------------------------------------------------- set-up
     def weight_average(self, decay: float) -> WeightAverage:
@@ -449,7 +464,10 @@ class Trainer:
                     raise AdvkitError(f"a component logged a metric named '{name}', which is the trainer's own; "
                                       "choose another name (e.g. prefix it with the component's name)")
                 self.metric_totals[name] = torch.zeros(2, device=self.device)
-            self.metric_totals[name] += torch.stack([value.to(self.device), torch.ones((), device=self.device)])
+            pair = torch.stack([value.to(self.device), torch.ones((), device=self.device)])
+            self.metric_totals[name] += pair
+            if self.step_window is not None:
+                self.step_window.add(name, pair)
 
     def _metric_means(self) -> dict[str, float]:
         """The epoch's mean of each component metric over steps and processes (one collective for all)."""
@@ -479,11 +497,36 @@ class Trainer:
             self.lock.acquire()
         self.stop_request.deferring = True
         try:
+            self.loggers = self._open_loggers()
             self._fit(stop_after_epoch, stop_after_steps)
+            if self.history:
+                self.loggers.log_hparams(self._hparams(), self._headline())
         finally:
             self.stop_request.deferring = False
-            self.lock.release()
+            try:
+                self.loggers.close()
+            finally:
+                self.loggers = LoggerGroup([])
+                self.lock.release()
         return self.history
+
+    def _open_loggers(self) -> LoggerGroup:
+        """This session's loggers (none but on rank 0), told where the run stands: they continue from there."""
+        if not self.world.is_main:
+            return LoggerGroup([])
+        steps_done = self.start_epoch * len(self.train_loader) + (int(self._position["step"]) if self._position else 0)
+        run = TrackedRun(self.out_dir, list(self.history), steps_done, self.config.mlflow_uri)
+        return LoggerGroup(open_loggers(self.config.logger, run, log_interval=self.config.log_interval) + self.extra_loggers)
+
+    def _hparams(self) -> dict[str, Any]:
+        """The settings that define the run (config.yaml's, less where and how it runs)."""
+        return {key: value for key, value in self.resolved_config.items() if key not in RELOCATABLE_SETTINGS}
+
+    def _headline(self) -> dict[str, float]:
+        """Best and last validation robust accuracy (of the model that selects best.pt), and the best epoch."""
+        key = "val_wa_robust_acc" if self.config.select == "wa" else "val_robust_acc"
+        return {"best_val_robust_acc": self.best["val_robust_acc"], "best_epoch": float(self.best["epoch"]),
+                "last_val_robust_acc": self.history[-1][key]}
 
     def _fit(self, stop_after_epoch: int | None, stop_after_steps: int | None) -> None:
         config = self.config
@@ -508,12 +551,17 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(config, iteration, per_epoch)
                 loss, correct = self.train_step(x, y, Progress(epoch, iteration, total, per_epoch), examples)
-                totals["sums"] += torch.stack([loss.float() * y.shape[0], correct.float(),
-                                               torch.tensor(float(y.shape[0]), device=self.device)])
+                step_sums = torch.stack([loss.float() * y.shape[0], correct.float(),
+                                         torch.tensor(float(y.shape[0]), device=self.device)])
+                totals["sums"] += step_sums
                 totals["finite"] &= torch.isfinite(loss)
                 steps_done, in_epoch = iteration + 1, index + 1
                 if in_epoch % FINITE_CHECK_EVERY == 0:
                     self._check_finite(totals, epoch, in_epoch)
+                if self.step_window is not None:  # before this step's checkpoint: a resume neither repeats nor loses it
+                    self.step_window.add("train", step_sums)
+                    if steps_done % self.step_window.interval == 0:
+                        self._log_steps(steps_done)
                 if self.world.distributed:  # every rank stops after the same step: decide on last step's flags
                     previous, pending = pending, self.group.start_flag_sum(bool(self.stop_request))
                     signalled = previous is not None and self._agree_to_stop(previous)
@@ -539,10 +587,17 @@ class Trainer:
             record["time_s"] = time.perf_counter() - started
             self.history.append(record)
             self._save(epoch + 1, record)
+            self.loggers.log_epoch(record, epoch + 1)
             if self.world.is_main:
                 tqdm.write(_format_record(record, config.epochs), file=None)
             if stop_after_steps is not None and (epoch + 1) * per_epoch >= stop_after_steps:
                 return
+
+    def _log_steps(self, step: int) -> None:
+        """Send the last --log-interval steps' means to the loggers (every rank takes part in the sum)."""
+        values = self.step_window.take(self.group.sum_)
+        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.loggers.log_step(values, step)
 
     def _agree_to_stop(self, pending: Any) -> bool:
         """Whether any rank was asked to stop (by the flags ``pending`` sums); a rank that was not adopts it."""
@@ -604,8 +659,8 @@ class Trainer:
         return results
 
     # ----------------------------------------------------------------------------------------- state
-    def _state(self, epoch: int) -> dict[str, Any]:
-        return {
+    def _state(self, epoch: int, step_window: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        state = {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
             "config": self.resolved_config,
@@ -620,6 +675,9 @@ class Trainer:
             "world_size": self.world.size,
             RUNTIME_KEY: self.registered_at_run_time,
         }
+        if step_window is not None:  # --log-interval's sums since its last record
+            state["step_window"] = step_window
+        return state
 
     def _save(self, epoch: int, record: dict[str, Any]) -> None:
         """Epoch-end checkpoint: last.pt, then best.pt (a link to it) when the epoch is the best so far."""
@@ -631,9 +689,10 @@ class Trainer:
         if improved:
             self.best = {"epoch": epoch, "val_robust_acc": record[key]}
         self.last_saved = f"{self.out_dir / 'last.pt'} holds epoch {epoch}"
+        step_window = self._summed_window()
         if not self.world.is_main:
             return
-        atomic_save(self._state(epoch), self.out_dir / "last.pt")
+        atomic_save(self._state(epoch, step_window), self.out_dir / "last.pt")
         if improved:
             atomic_duplicate(self.out_dir / "last.pt", self.out_dir / "best.pt")
         self._write_metrics()
@@ -646,12 +705,17 @@ class Trainer:
         cuda_rng = self.group.gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None
         sums = self.group.sum_(totals["sums"].clone())
         metrics = {name: self.group.summed(self.metric_totals[name]) for name in sorted(self.metric_totals)}
+        step_window = self._summed_window()
         if self.world.is_main:
-            state = self._state(epoch)
+            state = self._state(epoch, step_window)
             state["position"] = {"step": step, "sums": sums, "finite": totals["finite"], "elapsed": totals["elapsed"],
                                  "rng": rng, "cuda_rng": cuda_rng, "metrics": metrics}
             atomic_save(state, self.out_dir / "last.pt")
         self.last_saved = f"{self.out_dir / 'last.pt'} holds step {step} of epoch {epoch + 1}"
+
+    def _summed_window(self) -> dict[str, torch.Tensor] | None:
+        """The --log-interval sums in progress, for last.pt (a collective under torchrun: every rank calls it)."""
+        return self.step_window.summed(self.group.summed) if self.step_window is not None else None
 
     def _write_metrics(self) -> None:
         lines = "".join(json.dumps(_json_safe(item), allow_nan=False) + "\n" for item in self.history)
@@ -671,6 +735,8 @@ class Trainer:
         self.best = dict(state["best"])
         self.start_epoch = int(state["epoch"])
         self._position = state.get("position")
+        if self.step_window is not None and "step_window" in state:
+            self.step_window.load(state["step_window"], self.device, holds_totals=self.world.is_main)
         where = f"step {self._position['step']} of epoch {self.start_epoch + 1}" if self._position else f"epoch {self.start_epoch}"
         self.last_saved = f"{self.out_dir / 'last.pt'} holds {where}"
 

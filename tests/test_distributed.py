@@ -160,3 +160,18 @@ def test_a_setup_failure_on_rank_0_ends_every_rank_with_one_line(tmp_path):
     assert f"advkit: error: run directory {run} already holds a run" in done.stderr
     assert "advkit: error: process 0 of this run could not set up the run directory" in done.stderr
     assert "[rank1]: Traceback" not in done.stderr and "[rank0]: Traceback" not in done.stderr
+
+
+def test_under_torchrun_rank_0_alone_logs_and_the_step_means_cover_every_rank(tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"  # 320 examples in global batches of 16: 20 steps, 5 windows of 4
+    done = torchrun("-m", "advkit", *ARGS, "--epochs", "1", "--train-size", "320", "--logger", "csv,tensorboard",
+                    "--log-interval", "4", "--out", str(run))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    windows = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert [window["step"] for window in windows] == [4, 8, 12, 16, 20]
+    # Equal windows that tile the epoch average to its record, which is summed over both ranks.
+    assert sum(window["loss"] for window in windows) / 5 == pytest.approx(record["train_loss"], rel=1e-5)
+    assert sum(window["acc"] for window in windows) / 5 == pytest.approx(record["train_acc"], rel=1e-5)

@@ -17,12 +17,13 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..config import TRACKING_SETTINGS
 from ..errors import AdvkitError
 from ..plots import read_metrics
 
 # Settings that do not change what a run computes, and the seed that a group averages over.
 NOT_CONFIGURATION = frozenset({"seed", "data_dir", "device", "download", "teacher_cache", "checkpoint_every", "threads",
-                               "software"})
+                               "software"}) | TRACKING_SETTINGS
 EVAL_PREFIX = "eval-"
 
 
