@@ -13,7 +13,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -73,6 +73,13 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def validation_keys(config: dict[str, Any]) -> tuple[str, str]:
+    """The metrics.jsonl keys (robust, clean) of the model that picks best.pt: the weight average's under
+    ``select: wa``."""
+    key = "val_wa_robust_acc" if config.get("select") == "wa" else "val_robust_acc"
+    return key, key.replace("robust", "clean")
+
+
 def read_run(path: Path) -> RunResult:
     """The metrics of one run directory whose first epoch finished."""
     try:
@@ -84,8 +91,7 @@ def read_run(path: Path) -> RunResult:
     records = read_metrics(path)
     if not records:
         raise AdvkitError(f"{path / 'metrics.jsonl'} is empty: no epoch of this run finished")
-    key = "val_wa_robust_acc" if config.get("select") == "wa" else "val_robust_acc"
-    clean_key = key.replace("robust", "clean")
+    key, clean_key = validation_keys(config)
     best = max(records, key=lambda record: record[key])  # the first best epoch, as best.pt keeps it
     last = records[-1]
     values = {
@@ -190,25 +196,33 @@ def _format(values: list[float], kind: str) -> str:
     return f"{mean:.1f}" if len(values) > 1 and not float(mean).is_integer() else f"{mean:.0f}"
 
 
-def markdown_table(groups: list[Group]) -> str:
-    """One row per group: mean ± std over its seeds (accuracies in %, n = number of seeds)."""
+def markdown_table(groups: list[Group], leading: Mapping[str, Sequence[str]] | None = None) -> str:
+    """One row per group: mean ± std over its seeds (accuracies in %, n = number of seeds).
+
+    ``leading``: more columns after the first, one cell per group (a sweep's trial state and parameters).
+    """
     columns = columns_of(groups)
-    header = ["run", "n"] + [column.name for column in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(columns)) + "|"]
-    for group in groups:
-        cells = [group.label, str(len(group.runs))] + [_format(group.column(column.name), column.kind) for column in columns]
+    leading = leading or {}
+    header = ["run", *leading, "n"] + [column.name for column in columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * (2 + len(leading)) + ["---:"] * len(columns)) + "|"]
+    for index, group in enumerate(groups):
+        cells = ([group.label, *(values[index] for values in leading.values()), str(len(group.runs))]
+                 + [_format(group.column(column.name), column.kind) for column in columns])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def csv_table(groups: list[Group]) -> str:
+def csv_table(groups: list[Group], leading: Mapping[str, Sequence[Any]] | None = None) -> str:
     """Machine-readable form: mean, std and n per metric, and the run directories of each group."""
     columns = columns_of(groups)
+    leading = leading or {}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["run", "n"] + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")] + ["run_dirs"])
-    for group in groups:
-        row: list[Any] = [group.label, len(group.runs)]
+    writer.writerow(["run", *leading, "n"] + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")]
+                    + ["run_dirs"])
+    for index, group in enumerate(groups):
+        row: list[Any] = [group.label, *(values[index] for values in leading.values()), len(group.runs)]
         for column in columns:
             values = group.column(column.name)
             row += list(mean_std(values)) if values else ["", ""]
