@@ -91,10 +91,23 @@ def read_run(path: Path) -> RunResult:
     records = read_metrics(path)
     if not records:
         raise AdvkitError(f"{path / 'metrics.jsonl'} is empty: no epoch of this run finished")
+    key, _ = validation_keys(config)
+    values = validation_values(config, records)
+    for checkpoint, report in _eval_reports(path).items():
+        values.update(_eval_values(checkpoint, report))
+    headline = {checkpoint: values.get(f"test robust ({checkpoint})") for checkpoint in ("best", "last")}
+    if headline["best"] is not None and headline["last"] is not None:
+        values["test gap"] = headline["best"] - headline["last"]
+    return RunResult(path, config, values, [(record["epoch"], record[key]) for record in records])
+
+
+def validation_values(config: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, float]:
+    """The validation columns of a run from its per-epoch records (at least one): best epoch (as best.pt
+    keeps it), last epoch, their gap, the time per epoch."""
     key, clean_key = validation_keys(config)
     best = max(records, key=lambda record: record[key])  # the first best epoch, as best.pt keeps it
     last = records[-1]
-    values = {
+    return {
         "epochs": float(last["epoch"]),
         "best epoch": float(best["epoch"]),
         "val clean (best)": best[clean_key],
@@ -103,12 +116,6 @@ def read_run(path: Path) -> RunResult:
         "val gap": best[key] - last[key],
         "s/epoch": statistics.fmean(record["time_s"] for record in records),
     }
-    for checkpoint, report in _eval_reports(path).items():
-        values.update(_eval_values(checkpoint, report))
-    headline = {checkpoint: values.get(f"test robust ({checkpoint})") for checkpoint in ("best", "last")}
-    if headline["best"] is not None and headline["last"] is not None:
-        values["test gap"] = headline["best"] - headline["last"]
-    return RunResult(path, config, values, [(record["epoch"], record[key]) for record in records])
 
 
 def _eval_reports(path: Path) -> dict[str, dict[str, Any]]:
@@ -196,14 +203,14 @@ def _format(values: list[float], kind: str) -> str:
     return f"{mean:.1f}" if len(values) > 1 and not float(mean).is_integer() else f"{mean:.0f}"
 
 
-def markdown_table(groups: list[Group], leading: Mapping[str, Sequence[str]] | None = None) -> str:
+def markdown_table(groups: list[Group], leading: Mapping[str, Sequence[str]] | None = None, label: str = "run") -> str:
     """One row per group: mean ± std over its seeds (accuracies in %, n = number of seeds).
 
-    ``leading``: more columns after the first, one cell per group (a sweep's trial state and parameters).
+    ``leading``: more columns after the first (``label``), one cell per group (a sweep's trial state and parameters).
     """
     columns = columns_of(groups)
     leading = leading or {}
-    header = ["run", *leading, "n"] + [column.name for column in columns]
+    header = [label, *leading, "n"] + [column.name for column in columns]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * (2 + len(leading)) + ["---:"] * len(columns)) + "|"]
     for index, group in enumerate(groups):
@@ -213,13 +220,13 @@ def markdown_table(groups: list[Group], leading: Mapping[str, Sequence[str]] | N
     return "\n".join(lines) + "\n"
 
 
-def csv_table(groups: list[Group], leading: Mapping[str, Sequence[Any]] | None = None) -> str:
+def csv_table(groups: list[Group], leading: Mapping[str, Sequence[Any]] | None = None, label: str = "run") -> str:
     """Machine-readable form: mean, std and n per metric, and the run directories of each group."""
     columns = columns_of(groups)
     leading = leading or {}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["run", *leading, "n"] + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")]
+    writer.writerow([label, *leading, "n"] + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")]
                     + ["run_dirs"])
     for index, group in enumerate(groups):
         row: list[Any] = [group.label, *(values[index] for values in leading.values()), len(group.runs)]
