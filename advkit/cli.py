@@ -551,7 +551,7 @@ def sweep(space: str, out: str | None, trials: int, timeout: float | None, stora
     from .rundir import check_output_dir
     from .sweeps.driver import SweepSettings, parse_pruner, run_sweep
     from .sweeps.space import load_sweep
-    from .sweeps.storage import check_storage, check_study, default_storage
+    from .sweeps.storage import check_storage, check_study, default_storage, resolve_storage
 
     for flag, value, least in (("--trials", trials, 1), ("--workers", workers, 1), ("--threads", threads, 1),
                                ("--heartbeat", heartbeat, 1)):
@@ -564,7 +564,7 @@ def sweep(space: str, out: str | None, trials: int, timeout: float | None, stora
     loaded = load_sweep(space)
     out_dir = Path(out or f"runs/sweep-{Path(space).stem}")
     check_output_dir(out_dir, "--out")
-    url = storage or default_storage(out_dir)
+    url = resolve_storage(storage or default_storage(out_dir))
     name = study_name or Path(space).stem
     if check_storage(url, out_dir):
         check_study(url, name, loaded.definition(seed_list))

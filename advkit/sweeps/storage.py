@@ -50,9 +50,11 @@ def _unreachable(url: str, why: str) -> AdvkitError:
     return AdvkitError(f"--storage {url}: {why}")
 
 
-def check_storage(url: str, out: Path) -> bool:
-    """Raise a one-line error unless the study database can be used; return whether it already holds Optuna's
-    tables (a new database or SQLite file is created only once the whole sweep has been checked)."""
+def resolve_storage(url: str) -> str:
+    """The database URL, checked to parse; ``postgresql://`` gets whichever PostgreSQL driver is installed
+    (SQLAlchemy's default for it is psycopg2 up to 2.0, psycopg 3 from 2.1)."""
+    import importlib.util
+
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
@@ -61,6 +63,21 @@ def check_storage(url: str, out: Path) -> bool:
     except sqlalchemy.exc.ArgumentError:
         raise AdvkitError(f"--storage {url!r} is not a database URL such as sqlite:///sweep.db or "
                           "postgresql://user:password@host:5432/database") from None
+    if parsed.drivername == "postgresql":
+        for module in ("psycopg", "psycopg2"):
+            if importlib.util.find_spec(module) is not None:
+                return parsed.set(drivername=f"postgresql+{module}").render_as_string(hide_password=False)
+    return url
+
+
+def check_storage(url: str, out: Path) -> bool:
+    """Raise a one-line error unless the study database (a ``resolve_storage`` URL) can be used; return whether
+    it already holds Optuna's tables (a new database or SQLite file is created only once the whole sweep has
+    been checked)."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
     hidden = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
