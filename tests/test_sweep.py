@@ -67,18 +67,26 @@ def best_robust(run_dir: Path) -> float:
 # --- three trials, then the same command again ----------------------------------------------------------------
 
 
+def sweep_args(space: Path, out: Path, *flags: str) -> list[str]:
+    return sweep_command(space, out, *flags)[3:]  # in-process (run_cli): no second start-up of torch
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+
     folder = tmp_path_factory.mktemp("sweep")
     space = write_space(folder / "digits.yaml")
     out = folder / "out"
-    process = run(sweep_command(space, out, "--trials", "3"))
-    assert process.returncode == 0, process.stdout + process.stderr
-    return space, out, process
+    result = CliRunner().invoke(cli, sweep_args(space, out, "--trials", "3"))
+    assert result.exit_code == 0, result.output
+    return space, out, result.output
 
 
 def test_three_trials_are_advkit_runs_scored_by_their_validation_metrics(finished):
-    space, out, process = finished
+    space, out, output = finished
     study = load_study(out, "digits")
     assert states(study) == ["COMPLETE"] * 3
     for trial in study.get_trials():
@@ -98,15 +106,15 @@ def test_three_trials_are_advkit_runs_scored_by_their_validation_metrics(finishe
     assert len((out / "summary.csv").read_text().splitlines()) == 4
     for plot in ("history.png", "parallel-coordinates.png", "importances.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG", plot
-    assert "start  trial 2" in process.stdout and "trial 2: complete" in process.stdout
+    assert "start  trial 2" in output and "trial 2: complete" in output
 
 
-def test_the_same_command_again_runs_nothing(finished):
+def test_the_same_command_again_runs_nothing(run_cli, finished):
     space, out, _ = finished
     before = sorted(path.name for path in (out / "trials").iterdir())
-    process = run(sweep_command(space, out, "--trials", "3"))
-    assert process.returncode == 0, process.stderr
-    assert "3 of 3 trials ended" in process.stdout and "start  trial" not in process.stdout
+    code, stdout, stderr = run_cli(sweep_args(space, out, "--trials", "3"))
+    assert code == 0, stderr
+    assert "3 of 3 trials ended" in stdout and "start  trial" not in stdout
     assert sorted(path.name for path in (out / "trials").iterdir()) == before
     assert states(load_study(out, "digits")) == ["COMPLETE"] * 3
 
@@ -127,10 +135,10 @@ def test_best_yaml_reproduces_the_best_trial(finished, tmp_path):
 # --- a sweep killed outright -----------------------------------------------------------------------------------
 
 
-def test_a_killed_sweep_continues_and_its_trial_is_failed_and_requeued_into_the_same_folder(tmp_path):
+def test_a_killed_sweep_continues_and_its_trial_is_failed_and_requeued_into_the_same_folder(run_cli, tmp_path):
     space = write_space(tmp_path / "killed.yaml", base={"epochs": 4, "train_size": 512})
     out = tmp_path / "out"
-    command = sweep_command(space, out, "--trials", "2", "--heartbeat", "1")
+    command = sweep_command(space, out, "--trials", "1", "--heartbeat", "1")
     sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment(), cwd=ROOT)
     first = out / "trials" / "0"
     deadline = time.monotonic() + 300
@@ -151,29 +159,27 @@ def test_a_killed_sweep_continues_and_its_trial_is_failed_and_requeued_into_the_
     assert (first / "last.pt").is_file()
     assert load_study(out, "killed").trials[0].state.name == "RUNNING"
 
-    process = run(command)
-    assert process.returncode == 0, process.stdout + process.stderr
+    code, stdout, stderr = run_cli(command[3:])  # finds trial 0 abandoned once its heartbeat is 2 × 1 s old
+    assert code == 0, stdout + stderr
     trials = load_study(out, "killed").get_trials()
-    assert [trial.state.name for trial in trials].count("COMPLETE") == 2
-    assert trials[0].state.name == "FAIL"
-    retry = next(trial for trial in trials if trial.system_attrs.get("failed_trial") == 0)
-    assert retry.state.name == "COMPLETE" and retry.user_attrs["run_folder"] == 0
+    assert [trial.state.name for trial in trials] == ["FAIL", "COMPLETE"]  # the requested 1 complete trial
+    retry = trials[1]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.user_attrs["run_folder"] == 0
     assert retry.params == trials[0].params
     assert records(first)[0] == epoch_one and len(records(first)) == 4  # continued, not started again
-    assert "continuing trial 0" in process.stdout
-    assert sorted(path.name for path in (out / "trials").iterdir()) == sorted(
-        str(trial.user_attrs["run_folder"]) for trial in trials if trial.state.name == "COMPLETE")
-    assert "re-queued as" in (out / "summary.md").read_text()
+    assert "start  trial 1" in stdout and "continuing trial 0" in stdout
+    assert [path.name for path in (out / "trials").iterdir()] == ["0"]
+    assert "| 0 | FAIL (re-queued as 1) |" in (out / "summary.md").read_text()
 
 
 # --- two local workers, two seeds per trial ----------------------------------------------------------------------
 
 
-def test_two_local_workers_run_at_once_and_a_trial_scores_the_mean_over_its_seeds(tmp_path):
+def test_two_local_workers_run_at_once_and_a_trial_scores_the_mean_over_its_seeds(run_cli, tmp_path):
     space = write_space(tmp_path / "seeds.yaml")
     out = tmp_path / "out"
-    process = run(sweep_command(space, out, "--trials", "2", "--workers", "2", "--seeds", "0,1"))
-    assert process.returncode == 0, process.stdout + process.stderr
+    code, stdout, stderr = run_cli(sweep_args(space, out, "--trials", "2", "--workers", "2", "--seeds", "0,1"))
+    assert code == 0, stdout + stderr
     trials = load_study(out, "seeds").get_trials()
     assert [trial.state.name for trial in trials] == ["COMPLETE"] * 2
     first, second = trials
@@ -190,22 +196,22 @@ def test_two_local_workers_run_at_once_and_a_trial_scores_the_mean_over_its_seed
 # --- pruning ---------------------------------------------------------------------------------------------------
 
 
-def test_the_median_pruner_stops_a_lagging_trial_whose_child_saves_and_exits(tmp_path):
+def test_the_median_pruner_stops_a_lagging_trial_whose_child_saves_and_exits(run_cli, tmp_path):
     # Trial 0 validates at ε = 0 (robust = clean accuracy, high after one epoch); trial 1 at ε = 0.5 (near zero).
     space = write_space(tmp_path / "prune.yaml", base={"epochs": 3, "train_size": 1024, "batch_size": 32, "lr": 0.1,
                                                         "rectifier": None},
                         space={"eps": {"type": "categorical", "choices": [0.0, 0.5]}},
                         enqueue=[{"eps": 0.0}, {"eps": 0.5}])
     out = tmp_path / "out"
-    process = run(sweep_command(space, out, "--trials", "2", "--pruner", "median:startup=1"))
-    assert process.returncode == 0, process.stdout + process.stderr
+    code, stdout, stderr = run_cli(sweep_args(space, out, "--trials", "2", "--pruner", "median:startup=1"))
+    assert code == 0, stdout + stderr
     trials = load_study(out, "prune").get_trials()
     assert [trial.params["eps"] for trial in trials] == [0.0, 0.5]
     assert [trial.state.name for trial in trials] == ["COMPLETE", "PRUNED"]
     pruned = out / "trials" / "1"
     assert len(records(pruned)) < 3 and (pruned / "last.pt").is_file()  # stopped early, saved: resumable
     check_not_busy(pruned)  # its trainer has exited
-    assert "trial 1: pruned after epoch" in process.stdout
+    assert "trial 1: pruned after epoch" in stdout
 
 
 # --- bad input: one line, exit 2, nothing written ----------------------------------------------------------------
@@ -247,8 +253,7 @@ def test_a_changed_space_under_an_existing_study_is_refused_and_nothing_is_writt
     assert "study 'digits'" in stderr and "was made from another sweep (space.lr.axes.lr.high: 0.2 there, 0.3 now)" in stderr
     code, _, stderr = run_cli(["sweep", str(changed.with_name("x.yaml")), "--out", str(out)])
     assert code == 2 and "sweep space file not found" in stderr
-    reseeded = write_space(tmp_path / "again" / "digits.yaml")
-    code, _, stderr = run_cli(["sweep", str(reseeded), "--out", str(out), "--seeds", "0,1"])
+    code, _, stderr = run_cli(["sweep", str(write_space(changed)), "--out", str(out), "--seeds", "0,1"])
     assert code == 2 and "seeds: null there, [0, 1] now" in stderr
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
 

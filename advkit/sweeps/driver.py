@@ -11,7 +11,7 @@ What keeps a study whole when things die:
 
 - every worker records a heartbeat per running trial; a trial silent for twice the interval (its sweep was
   killed, its machine lost) is marked FAIL by the next worker that looks and re-queued as a WAITING copy
-  with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``, at most ``MAX_RETRIES`` times);
+  with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``; at most ``MAX_RETRIES`` times);
 - a trial stopped by a signal (the sweep's SIGTERM or Ctrl-C, or one sent to its child) is marked FAIL and
   re-queued the same way;
 - the copy keeps the original's run folder, so it continues from the saved last.pt (``advkit train --resume``);
@@ -168,8 +168,11 @@ class SweepDriver:
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         self.settings.out.mkdir(parents=True, exist_ok=True)
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-        storage = open_storage(self.settings.storage, self.settings.heartbeat, self.retry)
+        # A stopped trial is re-queued however often a sweep is stopped; one whose worker died, MAX_RETRIES times
+        # at most (a configuration that kills its worker each time must not do so for ever).
+        self.requeue = RetryHeartbeatStaleTrialCallback()
+        storage = open_storage(self.settings.storage, self.settings.heartbeat,
+                               RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
         # TPE models the trials once a few random ones exist: 10 by default, the whole of a small sweep.
         sampler = optuna.samplers.TPESampler(n_startup_trials=max(2, min(10, self.settings.trials // 3)),
                                              constant_liar=True)  # parallel workers spread out
@@ -352,7 +355,7 @@ class SweepDriver:
         if trial.user_attrs.get(SURPLUS):
             return
         if trial.state == TrialState.FAIL and trial.user_attrs.get(REQUEUE):
-            self.retry(study, trial)
+            self.requeue(study, trial)
         elapsed = duration((trial.datetime_complete - trial.datetime_start).total_seconds()) \
             if trial.datetime_complete and trial.datetime_start else "?"
         self.echo(f"trial {trial.number}: {trial.user_attrs.get(OUTCOME, trial.state.name.lower())} ({elapsed})")

@@ -124,6 +124,9 @@ def write_plots(study: "optuna.Study", out: Path, n_parameters: int) -> list[str
             notes.append(f"{name} skipped: parameter importances need at least 2 parameters and "
                          f"{MIN_TRIALS_FOR_IMPORTANCE} completed trials")
             continue
+        if name == "parallel-coordinates.png" and len(complete) < 2:
+            notes.append(f"{name} skipped: parallel coordinates need at least 2 completed trials")
+            continue
         with matplotlib.rc_context():  # Optuna switches the global style to ggplot
             try:
                 axes = getattr(plots, function)(study, target_name="objective")

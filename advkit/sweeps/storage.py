@@ -8,7 +8,9 @@ that name, if there is one, was made from the same sweep. Only then is the study
 from __future__ import annotations
 
 import json
+import random
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
 DEFINITION_KEY = "advkit_sweep"  # the study's user attribute that records its sweep (space.Sweep.definition)
 CONNECT_TIMEOUT_S = 10
+TABLE_RACE_ATTEMPTS = 5
 
 
 def default_storage(out: Path) -> str:
@@ -164,10 +167,19 @@ def open_storage(url: str, heartbeat: int,
                  on_stale: Callable[["optuna.study.Study", "optuna.trial.FrozenTrial"], None]) -> "RDBStorage":
     """The study database for writing, with heartbeats: a trial whose worker has been silent for twice
     ``heartbeat`` seconds is marked FAIL and handed to ``on_stale`` (which re-queues it)."""
+    import sqlalchemy
     from optuna.storages import RDBStorage
 
-    return _storage_or_error(lambda: RDBStorage(url, engine_kwargs=engine_options(url), heartbeat_interval=heartbeat,
-                                                grace_period=2 * heartbeat, heartbeat_stale_trial_callback=on_stale), url)
+    def make() -> RDBStorage:
+        return RDBStorage(url, engine_kwargs=engine_options(url), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                          heartbeat_stale_trial_callback=on_stale)
+
+    for _ in range(TABLE_RACE_ATTEMPTS - 1):
+        try:
+            return make()
+        except sqlalchemy.exc.IntegrityError:  # two workers made the tables of a new database at once: they exist now
+            time.sleep(random.uniform(0.2, 1.0))
+    return _storage_or_error(make, url)
 
 
 def _storage_or_error(make: Callable[[], "RDBStorage"], url: str) -> "RDBStorage":
