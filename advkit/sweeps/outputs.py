@@ -73,10 +73,13 @@ def _table(trials: list["FrozenTrial"], sweep: Sweep, settings: SweepSettings) -
         state = trial.state.name
         if trial.number in requeued_as:
             state += f" (re-queued as {requeued_as[trial.number]})"
-        elif trial.state.name in ("PRUNED", "FAIL") and OUTCOME in trial.user_attrs:
+        elif trial.state.name == "PRUNED" and OUTCOME in trial.user_attrs:
+            state += trial.user_attrs[OUTCOME].removeprefix("pruned")  # PRUNED after epoch 1
+        elif trial.state.name == "FAIL" and OUTCOME in trial.user_attrs:
             state += f": {trial.user_attrs[OUTCOME].removeprefix('failed: ')}"[:90]
         leading["state"].append(state)
-        leading["objective (%)"].append(f"{100 * trial.value:.2f}" if trial.value is not None else "–")
+        complete = trial.state.name == "COMPLETE"  # a pruned trial's value is only where it stopped: see its columns
+        leading["objective (%)"].append(f"{100 * trial.value:.2f}" if complete else "–")
         complete_params = all(axis in trial.params for parameter in sweep.parameters for axis in parameter.axis_names())
         values = sweep.values(trial.params) if complete_params else {}
         for parameter in sweep.parameters:
