@@ -1,4 +1,4 @@
-"""The ``advkit`` command line: train, eval, sanity, plot, summarize, study, plugins.
+"""The ``advkit`` command line: train, eval, sanity, plot, summarize, study, sweep, plugins.
 
 User mistakes (unknown names, bad options, missing files) end with one line on stderr and exit status 2.
 """
@@ -531,6 +531,77 @@ def study(grid: str, out: str | None, jobs: int | None, dry_run: bool) -> None:
     status = run_study(loaded, click.echo, dry_run=dry_run)
     if status:
         sys.exit(status)
+
+
+@cli.command()
+@click.argument("space", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="sweep folder: trials/, logs/, study.db, summary.md/.csv, best.yaml, plots [runs/sweep-<SPACE's name>]")
+@click.option("--trials", type=int, default=20, show_default=True,
+              help="trials of the study in all, over every worker and every run of the command")
+@click.option("--timeout", type=NUMBER, default=None, help="seconds after which this command starts no new trial")
+@click.option("--storage", default=None, help="study database URL [sqlite:///OUT/study.db]; "
+              "postgresql://USER:PASSWORD@HOST/DB lets workers on several machines share one study")
+@click.option("--study-name", default=None, help="study in the storage [SPACE's file name without .yaml]")
+@click.option("--workers", type=int, default=1, show_default=True, help="trials at a time on this machine")
+@click.option("--threads", type=int, default=None, help="torch threads of each trial [cores / --workers]")
+@click.option("--pruner", default="median", show_default=True,
+              help="median[:startup=5,warmup=0], hyperband[:min=1,reduction=3] or none")
+@click.option("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: each trial trains at every seed and "
+              "scores their mean [one run at seed 0]")
+@click.option("--heartbeat", type=int, default=60, show_default=True,
+              help="seconds between a worker's signs of life; a trial silent for twice this is failed and re-queued")
+def sweep(space: str, out: str | None, trials: int, timeout: float | None, storage: str | None, study_name: str | None,
+          workers: int, threads: int | None, pruner: str, seeds: str | None, heartbeat: int) -> None:
+    """Search the parameters of the SPACE file with Optuna; run it again to continue the study.
+
+    \b
+    Each trial trains the sampled configuration as an ordinary run directory, OUT/trials/<n> (or
+    OUT/trials/<n>/seed<k> with --seeds), resumable with advkit train --resume. Its validation robust
+    accuracy is reported to the pruner after every epoch; a pruned trial is stopped and saved. The
+    sweep ends with OUT/summary.md and .csv (every trial), best.yaml (advkit train --config best.yaml
+    reproduces the best trial) and Optuna's plots. Workers on other machines join with the same
+    --storage and --study-name. A trial whose worker died (killed, machine lost) is marked failed and
+    re-queued once its heartbeat is 2×--heartbeat old; the copy continues its run folder.
+    Format and examples: docs/sweeps.md, examples/sweeps/.
+    """
+    import os
+
+    from .rundir import check_output_dir
+    from .sweeps.driver import SweepSettings, parse_pruner, run_sweep
+    from .sweeps.space import load_sweep
+    from .sweeps.storage import check_storage, check_study, default_storage, resolve_storage
+
+    for flag, value, least in (("--trials", trials, 1), ("--workers", workers, 1), ("--threads", threads, 1),
+                               ("--heartbeat", heartbeat, 1)):
+        if value is not None and value < least:
+            raise AdvkitError(f"{flag} must be at least {least}, got {value}")
+    if timeout is not None and timeout <= 0:
+        raise AdvkitError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+    parse_pruner(pruner)
+    seed_list = _seed_list(seeds) if seeds is not None else None
+    loaded = load_sweep(space)
+    out_dir = Path(out or f"runs/sweep-{Path(space).stem}")
+    check_output_dir(out_dir, "--out")
+    url = resolve_storage(storage or default_storage(out_dir))
+    name = study_name or Path(space).stem
+    if check_storage(url, out_dir):
+        check_study(url, name, loaded.definition(seed_list))
+    settings = SweepSettings(out_dir, url, name, trials, timeout, workers,
+                             threads or max(1, (os.cpu_count() or 1) // workers), pruner, seed_list, heartbeat)
+    status = run_sweep(loaded, settings, click.echo)
+    if status:
+        sys.exit(status)
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AdvkitError(f"--seeds expects comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise AdvkitError(f"--seeds must list distinct non-negative integers such as 0,1,2, got {text!r}")
+    return seeds
 
 
 @cli.group(invoke_without_command=True)

@@ -32,6 +32,7 @@ from .summary import NOT_CONFIGURATION, csv_table, markdown_table, plot_summary,
 STUDY_CONFIG = "study-config.yaml"
 POLL_S = 1.0
 INTERRUPTED = (75, 130)
+ADVKIT = [sys.executable, "-m", "advkit"]  # children run through this Python, so the same install does the work
 
 
 @dataclass
@@ -99,17 +100,46 @@ def check_settings_unchanged(run: StudyRun) -> None:
                               f"asks for {wanted[key]!r}; restore the grid, or delete that folder to train it again")
 
 
+def train_command(run: StudyRun) -> list[str]:
+    """``advkit train`` of a run: resumed from its last.pt, else started from its STUDY_CONFIG."""
+    if training_state(run) == "resume":
+        return ADVKIT + ["train", "--resume", str(run.directory), "--quiet"]
+    return ADVKIT + ["train", "--config", str(run.directory / STUDY_CONFIG), "--out", str(run.directory), "--quiet"]
+
+
+def prepare_run(run: StudyRun) -> None:
+    """Create the run folder and write the settings it is trained with, once (a changed grid is refused)."""
+    check_settings_unchanged(run)
+    run.directory.mkdir(parents=True, exist_ok=True)
+    if not (run.directory / STUDY_CONFIG).is_file():
+        atomic_write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False), run.directory / STUDY_CONFIG)
+
+
+def start_child(command: list[str], log: Path, threads: int, stop_with_parent: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session (a Ctrl-C reaches the parent only, which stops it cleanly), with
+    ``threads`` torch threads and its output appended to ``log``.
+
+    ``stop_with_parent``: the child gets SIGTERM when this process dies, however it dies (see
+    :mod:`advkit.studies.tethered`), so it saves its last.pt instead of training on unsupervised.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                   "PYTHONUNBUFFERED": "1"}  # the log shows each epoch as it ends
+    if stop_with_parent:
+        command = [sys.executable, "-m", "advkit.studies.tethered", str(os.getpid()), *command]
+    with open(log, "ab") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment,
+                                start_new_session=True)
+
+
 def commands(task: Task, study: Study) -> list[str]:
-    """The advkit command line of a task (run through this Python, so the same install does the work)."""
-    advkit = [sys.executable, "-m", "advkit"]
+    """The advkit command line of a task."""
     run = task.run
     if task.kind == "train":
-        if training_state(run) == "resume":
-            return advkit + ["train", "--resume", str(run.directory), "--quiet"]
-        return advkit + ["train", "--config", str(run.directory / STUDY_CONFIG), "--out", str(run.directory), "--quiet"]
+        return train_command(run)
     checkpoint = task.kind.removeprefix("eval-")
     evaluation = study.evaluation
-    command = advkit + ["eval", str(run.directory), "--checkpoint", checkpoint, "--n-examples", str(evaluation.n_examples),
+    command = ADVKIT + ["eval", str(run.directory), "--checkpoint", checkpoint, "--n-examples", str(evaluation.n_examples),
                         "--batch-size", str(evaluation.batch_size), "--seed", str(evaluation.seed),
                         "--json", str(eval_path(run, checkpoint)), "--quiet"]
     for attack in evaluation.attacks[checkpoint]:
@@ -147,7 +177,7 @@ def _busy(run: StudyRun) -> bool:
     return False
 
 
-def _last_line(path: Path) -> str:
+def last_line(path: Path) -> str:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except OSError:
@@ -155,7 +185,7 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
@@ -226,19 +256,10 @@ class Driver:
         return left
 
     def _launch(self, task: Task) -> None:
-        run = task.run
         if task.kind == "train":
-            check_settings_unchanged(run)
-            run.directory.mkdir(parents=True, exist_ok=True)
-            if not (run.directory / STUDY_CONFIG).is_file():
-                atomic_write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False), run.directory / STUDY_CONFIG)
-        task.log.parent.mkdir(parents=True, exist_ok=True)
-        environment = {**os.environ, "OMP_NUM_THREADS": str(self.study.threads), "MKL_NUM_THREADS": str(self.study.threads),
-                       "PYTHONUNBUFFERED": "1"}  # the log shows each epoch as it ends
-        verb = "resume" if task.kind == "train" and training_state(run) == "resume" else "start "
-        with open(task.log, "ab") as log:
-            process = subprocess.Popen(commands(task, self.study), stdout=log, stderr=subprocess.STDOUT,
-                                       env=environment, start_new_session=True)
+            prepare_run(task.run)
+        verb = "resume" if task.kind == "train" and training_state(task.run) == "resume" else "start "
+        process = start_child(commands(task, self.study), task.log, self.study.threads)
         self.running[task.key] = (task, process, time.monotonic())
         self.echo(f"{verb} {task.key}")
 
@@ -248,14 +269,14 @@ class Driver:
             if status is None:
                 continue
             del self.running[key]
-            elapsed = _duration(time.monotonic() - started)
+            elapsed = duration(time.monotonic() - started)
             if status == 0 and is_done(task, self.study):
                 self._finish(task, f"done in {elapsed}")
             elif status in INTERRUPTED:
                 self.failed[key] = f"stopped by a signal (exit {status})"
                 self.echo(f"stopped {key} after {elapsed} (exit {status}); run the study again to resume it")
             else:
-                self.failed[key] = _last_line(task.log)
+                self.failed[key] = last_line(task.log)
                 self.echo(f"FAILED {key} after {elapsed} (exit {status}): {self.failed[key]}  [log: {task.log}]")
 
     def _finish(self, task: Task, how: str) -> None:

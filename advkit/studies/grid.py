@@ -71,48 +71,60 @@ class Study:
     runs: list[StudyRun]
 
 
-def _fail(source: Path, message: str) -> AdvkitError:
+def file_error(source: Path, message: str) -> AdvkitError:
     return AdvkitError(f"{source}: {message}")
 
 
-def _check_keys(source: Path, where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+def read_yaml(source: Path, what: str) -> Any:
+    """The YAML content of ``source``; a missing, unreadable or malformed file is one line naming ``what``."""
+    if not source.is_file():
+        raise AdvkitError(f"{what} not found: {source}")
+    try:
+        return yaml.safe_load(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdvkitError(f"{what} {source} is not readable UTF-8 text: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise AdvkitError(f"{what} {source} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def check_keys(source: Path, where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; expected {', '.join(allowed)}"
-            raise _fail(source, f"unknown key '{key}' in {where}{hint}")
+            raise file_error(source, f"unknown key '{key}' in {where}{hint}")
 
 
 def _count(source: Path, where: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _fail(source, f"{where} must be an integer of at least {low}, got {value!r}")
+        raise file_error(source, f"{where} must be an integer of at least {low}, got {value!r}")
     return value
 
 
 def _seeds(source: Path, where: str, value: Any) -> list[int]:
     if not isinstance(value, list) or not value:
-        raise _fail(source, f"{where} must be a non-empty list of integers, e.g. [0, 1]")
+        raise file_error(source, f"{where} must be a non-empty list of integers, e.g. [0, 1]")
     seeds = [_count(source, f"each of {where}", seed, 0) for seed in value]
     if len(set(seeds)) != len(seeds):
-        raise _fail(source, f"{where} lists a seed twice: {seeds}")
+        raise file_error(source, f"{where} lists a seed twice: {seeds}")
     return seeds
 
 
-def _mapping(source: Path, where: str, value: Any) -> dict[str, Any]:
+def mapping_of(source: Path, where: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _fail(source, f"{where} must be a mapping, got {type(value).__name__}")
+        raise file_error(source, f"{where} must be a mapping, got {type(value).__name__}")
     return value
 
 
 def _evaluation(source: Path, data: dict[str, Any]) -> Evaluation:
-    _check_keys(source, "evaluate", data, EVALUATE_KEYS)
+    check_keys(source, "evaluate", data, EVALUATE_KEYS)
     attacks = {}
     for checkpoint in CHECKPOINTS:
         listed = data.get(checkpoint, [])
         if not isinstance(listed, list) or not all(isinstance(item, str) and item.strip() for item in listed):
-            raise _fail(source, f"evaluate.{checkpoint} must be a list of attack specs, e.g. [clean, autoattack]")
+            raise file_error(source, f"evaluate.{checkpoint} must be a list of attack specs, e.g. [clean, autoattack]")
         attacks[checkpoint] = tuple(listed)
     return Evaluation(attacks, n_examples=_count(source, "evaluate.n_examples", data.get("n_examples", 1000), 1),
                       batch_size=_count(source, "evaluate.batch_size", data.get("batch_size", 500), 1),
@@ -138,38 +150,30 @@ def _run_settings(source: Path, row: str, base: dict[str, Any], settings: dict[s
     try:
         config.validate()
     except AdvkitError as exc:
-        raise _fail(source, f"run '{row}': {exc}") from None
+        raise file_error(source, f"run '{row}': {exc}") from None
     return config
 
 
 def load_study(path: str | Path, out: str | Path | None = None, jobs: int | None = None) -> Study:
     """Read and expand a grid file into its runs, checking every run's settings before anything starts."""
     source = Path(path)
-    if not source.is_file():
-        raise AdvkitError(f"study grid not found: {source}")
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdvkitError(f"study grid {source} is not readable UTF-8 text: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise AdvkitError(f"study grid {source} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    data = _mapping(source, "the grid", data)
-    _check_keys(source, "the grid", data, GRID_KEYS)
-    rows = _mapping(source, "runs", data.get("runs"))
+    data = mapping_of(source, "the grid", read_yaml(source, "study grid"))
+    check_keys(source, "the grid", data, GRID_KEYS)
+    rows = mapping_of(source, "runs", data.get("runs"))
     if not rows:
-        raise _fail(source, "'runs' is empty: name at least one run, e.g. runs: {at: {}}")
+        raise file_error(source, "'runs' is empty: name at least one run, e.g. runs: {at: {}}")
     out_dir = Path(out if out is not None else data.get("out", f"runs/{source.stem}"))
-    base = _mapping(source, "base", data.get("base"))
+    base = mapping_of(source, "base", data.get("base"))
     if "seed" in base:
-        raise _fail(source, "base sets 'seed'; list the seeds under 'seeds' instead")
+        raise file_error(source, "base sets 'seed'; list the seeds under 'seeds' instead")
     default_seeds = _seeds(source, "seeds", data.get("seeds", [0]))
     runs: list[StudyRun] = []
     for row, raw in rows.items():
-        settings = dict(_mapping(source, f"run '{row}'", raw))
+        settings = dict(mapping_of(source, f"run '{row}'", raw))
         if not isinstance(row, str) or not row or "/" in row or row.startswith("."):
-            raise _fail(source, f"run name {row!r} must be a plain folder name")
+            raise file_error(source, f"run name {row!r} must be a plain folder name")
         if "seed" in settings:
-            raise _fail(source, f"run '{row}' sets 'seed'; give it 'seeds: [...]' instead")
+            raise file_error(source, f"run '{row}' sets 'seed'; give it 'seeds: [...]' instead")
         seeds = _seeds(source, f"run '{row}': seeds", settings.pop("seeds")) if "seeds" in settings else default_seeds
         for seed in seeds:
             config = _run_settings(source, row, base, settings, seed, out_dir)
@@ -181,4 +185,4 @@ def load_study(path: str | Path, out: str | Path | None = None, jobs: int | None
             run.depends_on.append(teacher.name)
     return Study(source, out_dir, jobs if jobs is not None else _count(source, "jobs", data.get("jobs", 1), 1),
                  _count(source, "threads", data.get("threads", 1), 1),
-                 _evaluation(source, _mapping(source, "evaluate", data.get("evaluate"))), runs)
+                 _evaluation(source, mapping_of(source, "evaluate", data.get("evaluate"))), runs)

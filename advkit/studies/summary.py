@@ -13,7 +13,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -74,6 +74,13 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def validation_keys(config: dict[str, Any]) -> tuple[str, str]:
+    """The metrics.jsonl keys (robust, clean) of the model that picks best.pt: the weight average's under
+    ``select: wa``."""
+    key = "val_wa_robust_acc" if config.get("select") == "wa" else "val_robust_acc"
+    return key, key.replace("robust", "clean")
+
+
 def read_run(path: Path) -> RunResult:
     """The metrics of one run directory whose first epoch finished."""
     try:
@@ -85,11 +92,23 @@ def read_run(path: Path) -> RunResult:
     records = read_metrics(path)
     if not records:
         raise AdvkitError(f"{path / 'metrics.jsonl'} is empty: no epoch of this run finished")
-    key = "val_wa_robust_acc" if config.get("select") == "wa" else "val_robust_acc"
-    clean_key = key.replace("robust", "clean")
+    key, _ = validation_keys(config)
+    values = validation_values(config, records)
+    for checkpoint, report in _eval_reports(path).items():
+        values.update(_eval_values(checkpoint, report))
+    headline = {checkpoint: values.get(f"test robust ({checkpoint})") for checkpoint in ("best", "last")}
+    if headline["best"] is not None and headline["last"] is not None:
+        values["test gap"] = headline["best"] - headline["last"]
+    return RunResult(path, config, values, [(record["epoch"], record[key]) for record in records])
+
+
+def validation_values(config: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, float]:
+    """The validation columns of a run from its per-epoch records (at least one): best epoch (as best.pt
+    keeps it), last epoch, their gap, the time per epoch."""
+    key, clean_key = validation_keys(config)
     best = max(records, key=lambda record: record[key])  # the first best epoch, as best.pt keeps it
     last = records[-1]
-    values = {
+    return {
         "epochs": float(last["epoch"]),
         "best epoch": float(best["epoch"]),
         "val clean (best)": best[clean_key],
@@ -98,12 +117,6 @@ def read_run(path: Path) -> RunResult:
         "val gap": best[key] - last[key],
         "s/epoch": statistics.fmean(record["time_s"] for record in records),
     }
-    for checkpoint, report in _eval_reports(path).items():
-        values.update(_eval_values(checkpoint, report))
-    headline = {checkpoint: values.get(f"test robust ({checkpoint})") for checkpoint in ("best", "last")}
-    if headline["best"] is not None and headline["last"] is not None:
-        values["test gap"] = headline["best"] - headline["last"]
-    return RunResult(path, config, values, [(record["epoch"], record[key]) for record in records])
 
 
 def _eval_reports(path: Path) -> dict[str, dict[str, Any]]:
@@ -191,25 +204,33 @@ def _format(values: list[float], kind: str) -> str:
     return f"{mean:.1f}" if len(values) > 1 and not float(mean).is_integer() else f"{mean:.0f}"
 
 
-def markdown_table(groups: list[Group]) -> str:
-    """One row per group: mean ± std over its seeds (accuracies in %, n = number of seeds)."""
+def markdown_table(groups: list[Group], leading: Mapping[str, Sequence[str]] | None = None, label: str = "run") -> str:
+    """One row per group: mean ± std over its seeds (accuracies in %, n = number of seeds).
+
+    ``leading``: more columns after the first (``label``), one cell per group (a sweep's trial state and parameters).
+    """
     columns = columns_of(groups)
-    header = ["run", "n"] + [column.name for column in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(columns)) + "|"]
-    for group in groups:
-        cells = [group.label, str(len(group.runs))] + [_format(group.column(column.name), column.kind) for column in columns]
+    leading = leading or {}
+    header = [label, *leading, "n"] + [column.name for column in columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * (2 + len(leading)) + ["---:"] * len(columns)) + "|"]
+    for index, group in enumerate(groups):
+        cells = ([group.label, *(values[index] for values in leading.values()), str(len(group.runs))]
+                 + [_format(group.column(column.name), column.kind) for column in columns])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def csv_table(groups: list[Group]) -> str:
+def csv_table(groups: list[Group], leading: Mapping[str, Sequence[Any]] | None = None, label: str = "run") -> str:
     """Machine-readable form: mean, std and n per metric, and the run directories of each group."""
     columns = columns_of(groups)
+    leading = leading or {}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["run", "n"] + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")] + ["run_dirs"])
-    for group in groups:
-        row: list[Any] = [group.label, len(group.runs)]
+    writer.writerow([label, *leading, "n"] + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")]
+                    + ["run_dirs"])
+    for index, group in enumerate(groups):
+        row: list[Any] = [group.label, *(values[index] for values in leading.values()), len(group.runs)]
         for column in columns:
             values = group.column(column.name)
             row += list(mean_std(values)) if values else ["", ""]
