@@ -277,7 +277,12 @@ class MlflowLogger:
         import mlflow
 
         self.uri = mlflow_tracking_uri(run.mlflow_uri, run.directory)
+        stray = Path("mlruns")
+        stray_existed = stray.exists()
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+        self.client.search_experiments(max_results=1)  # opens the store now
+        if not stray_existed and stray.is_dir() and not any(stray.iterdir()):
+            stray.rmdir()  # MLflow 2 creates an empty ./mlruns for its Default experiment's artifacts even unused
         state_path = run.directory / self.STATE_FILE
         saved = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
         fresh = saved.get("tracking_uri") != self.uri
