@@ -574,6 +574,8 @@ class Trainer:
                     totals["elapsed"] = time.perf_counter() - started
                     self._save_position(epoch, in_epoch, totals)
                     if stopping:
+                        if pending is not None:  # no collective left in flight: the group is destroyed next
+                            self.group.finish_flag_sum(pending)
                         return
             if pending is not None:
                 self.group.finish_flag_sum(pending)  # the epoch-start agreement decides on these

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,8 @@ def wandb_records(path: Path) -> list:
     from wandb.proto import wandb_internal_pb2
 
     data, block = path.read_bytes(), 32768
+    if len(data) < 7:  # not written yet
+        return []
     assert data[:4] == b":W&B"
     found, pending, offset = [], b"", 7
     while offset + 7 <= len(data):
@@ -325,7 +328,7 @@ def wandb_records(path: Path) -> list:
             offset += block - offset % block
             continue
         length, kind = int.from_bytes(data[offset + 4:offset + 6], "little"), data[offset + 6]
-        if kind == 0:
+        if kind == 0 or offset + 7 + length > len(data):  # the end, or a chunk still being written
             break
         pending += data[offset + 7:offset + 7 + length]
         offset += 7 + length
@@ -337,10 +340,21 @@ def wandb_records(path: Path) -> list:
     return found
 
 
+def finished_wandb_records(path: Path, timeout_s: float = 60.0) -> list:
+    """The records of an offline session once its writer has reached the closing ``exit`` record:
+    ``run.finish()`` returns before W&B's service has written the file out (seen empty under load)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = wandb_records(path) if path.is_file() else []
+        if (found and found[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def wandb_contents(path: Path) -> tuple[list[dict], dict, dict]:
     """(the rows logged, the config, the summary) of one offline session."""
     rows, settings, summary = [], {}, {}
-    for record in wandb_records(path):
+    for record in finished_wandb_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
