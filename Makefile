@@ -11,7 +11,7 @@ EXAMPLE_PLUGINS := $(wildcard examples/advkit-*)
 STAMP := $(VENV)/.advkit-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install lock demo test docs benchmark wheel-check clean
+.PHONY: install lock demo test lint format docs benchmark wheel-check clean
 
 install: $(STAMP)
 
@@ -58,6 +58,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --import-mode=importlib -p no:cacheprovider tests $(PLUGINS) examples
+
+# Lint, formatting and types (settings in pyproject.toml; the same checks as .pre-commit-config.yaml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Apply ruff's fixes and formatting in place.
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The documentation site (mkdocs.yml); --strict turns every broken link or reference into an error.
 # Its tools have their own venv: mkdocs-material needs a newer requests than torchattacks allows. The CLI

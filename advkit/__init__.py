@@ -79,8 +79,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
-    from .attacks import (BN_MODES, NORMS, START_POINTS, Attack, common_attack_options, eps_option,
-                          frozen_for_attack, norm_option, project, sign_ascent, start_point, supported_norms)
+    from .attacks import (
+        BN_MODES,
+        NORMS,
+        START_POINTS,
+        Attack,
+        common_attack_options,
+        eps_option,
+        frozen_for_attack,
+        norm_option,
+        project,
+        sign_ascent,
+        start_point,
+        supported_norms,
+    )
     from .averaging import WeightAverage
     from .checkpoint import load_trained_model, safe_load
     from .components import LabelRectifier, Objective, Progress, RunSetup, StepContext

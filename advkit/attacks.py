@@ -8,12 +8,13 @@ mode flag, every parameter's ``requires_grad``, no stray ``.grad``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
-from torchattacks.attack import Attack as TorchAttack
 from torch import nn
+from torchattacks.attack import Attack as TorchAttack
 
 from .components import Configurable, StepContext
 from .errors import OptionError
@@ -25,8 +26,9 @@ DIVISION_EPS = 1e-10  # keeps a zero gradient's ℓ2 normalisation finite (torch
 
 
 @contextmanager
-def frozen_for_attack(model: nn.Module, bn_mode: str,
-                      set_modes: Callable[[nn.Module], None] | None = None) -> Iterator[None]:
+def frozen_for_attack(
+    model: nn.Module, bn_mode: str, set_modes: Callable[[nn.Module], None] | None = None
+) -> Iterator[None]:
     """Put ``model`` in ``bn_mode`` (or let ``set_modes`` set every submodule's mode) with parameters frozen;
     restore every flag afterwards.
 
@@ -126,18 +128,31 @@ def sign_ascent(
 def eps_option(default: float = 8 / 255) -> Option:
     """The ε option every attack declares, so ``--eps`` reaches all of them the same way (in the units of
     the attack's norm: an ℓ∞ radius must lie in [0, 1], checked when the attack is built)."""
-    return Option("eps", float, default, "radius in pixel units (images in [0, 1]), in the attack's norm (ℓ∞ e.g. 8/255, "
-                  "ℓ2 e.g. 0.5); set by the run's --eps", low=0.0)
+    return Option(
+        "eps",
+        float,
+        default,
+        "radius in pixel units (images in [0, 1]), in the attack's norm (ℓ∞ e.g. 8/255, "
+        "ℓ2 e.g. 0.5); set by the run's --eps",
+        low=0.0,
+    )
 
 
 def norm_option(norms: tuple[str, ...] = NORMS) -> Option:
     """The threat model of an attack that supports several; set by the run's --norm."""
-    return Option("norm", str, norms[0], "threat model (set by the run's --norm): Linf sign steps in the ε-box, "
-                  "L2 normalised-gradient steps in the ε-ball", choices=norms)
+    return Option(
+        "norm",
+        str,
+        norms[0],
+        "threat model (set by the run's --norm): Linf sign steps in the ε-box, "
+        "L2 normalised-gradient steps in the ε-ball",
+        choices=norms,
+    )
 
 
-def common_attack_options(start: str, bn_mode: str, steps: int = 10,
-                          norms: tuple[str, ...] = ("Linf",)) -> tuple[Option, ...]:
+def common_attack_options(
+    start: str, bn_mode: str, steps: int = 10, norms: tuple[str, ...] = ("Linf",)
+) -> tuple[Option, ...]:
     """Options every iterative training attack shares; plugins reuse them instead of redeclaring.
 
     ``norms`` beyond ℓ∞ add a ``norm`` option; the attack must then pass ``norm=self.norm`` to
@@ -148,7 +163,9 @@ def common_attack_options(start: str, bn_mode: str, steps: int = 10,
         Option("alpha", float, None, "step size; default eps/4", low=0.0, optional=True),
         Option("steps", int, steps, "number of ascent steps", low=0),
         Option("start", str, start, "start point", choices=START_POINTS),
-        Option("bn_mode", str, bn_mode, "model mode during the attack (BatchNorm batch stats in train)", choices=BN_MODES),
+        Option(
+            "bn_mode", str, bn_mode, "model mode during the attack (BatchNorm batch stats in train)", choices=BN_MODES
+        ),
     ) + ((norm_option(norms),) if norms != ("Linf",) else ())
 
 
@@ -185,21 +202,25 @@ class Attack(TorchAttack, Configurable):
         TorchAttack.__init__(self, type(self).__name__, model)
         self.configure(values)
         if getattr(self, "norm", "Linf") == "Linf" and getattr(self, "eps", 0.0) > 1.0:
-            raise OptionError(f"{self.describe()}: option 'eps' is an ℓ∞ radius and must lie in [0, 1], got {self.eps:g}")
+            raise OptionError(
+                f"{self.describe()}: option 'eps' is an ℓ∞ radius and must lie in [0, 1], got {self.eps:g}"
+            )
         if self.supports_targeted:
             self.supported_mode = ["default", "targeted"]
         self._modes_from_torchattacks = False
 
-    def set_model_training_mode(self, model_training: bool = False, batchnorm_training: bool = False,
-                                dropout_training: bool = False) -> None:
+    def set_model_training_mode(
+        self, model_training: bool = False, batchnorm_training: bool = False, dropout_training: bool = False
+    ) -> None:
         """torchattacks' setting of the model's mode during the attack; once called, it replaces ``bn_mode``."""
         super().set_model_training_mode(model_training, batchnorm_training, dropout_training)
         self._modes_from_torchattacks = True
 
     def _set_mode_targeted(self, mode: str, quiet: bool) -> None:
         if not self.supports_targeted:
-            raise ValueError(f"{self.describe()} has no targeted mode (it does not aim at a label); "
-                             "advkit's pgd and fgsm have one")
+            raise ValueError(
+                f"{self.describe()} has no targeted mode (it does not aim at a label); advkit's pgd and fgsm have one"
+            )
         super()._set_mode_targeted(mode, quiet)
 
     def target_labels(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -219,7 +240,9 @@ class Attack(TorchAttack, Configurable):
             labels = ctx.y
         return self(ctx.x, labels)
 
-    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         if self.device is not None:  # torchattacks' habit: CPU images for a CUDA model
             inputs = inputs.to(self.device)
             labels = labels.to(self.device) if isinstance(labels, torch.Tensor) else labels

@@ -7,10 +7,14 @@ multi-tensor ops (``torch._foreach_lerp_``), one launch for all floating tensors
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+# (float sources, float targets, other sources, other targets)
+TensorLists = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
 
 
 class WeightAverage:
@@ -26,9 +30,9 @@ class WeightAverage:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.updates = 0
-        self._cache: tuple[nn.Module, tuple[list[torch.Tensor], ...]] | None = None
+        self._cache: tuple[nn.Module, TensorLists] | None = None
 
-    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    def _pairs(self, model: nn.Module) -> TensorLists:
         """(float sources, float targets, other sources, other targets), built once per source model.
 
         Walking ``state_dict`` costs more than the update itself on a GPU, so the tensor lists are kept;
@@ -41,15 +45,18 @@ class WeightAverage:
         target = list(self.model.state_dict(keep_vars=True).values())
         if len(source) != len(target):
             raise ValueError("weight average: the model's state_dict no longer matches the averaged copy")
-        float_src, float_dst, other_src, other_dst = [], [], [], []
-        for src, dst in zip(source, target):
+        float_src: list[torch.Tensor] = []
+        float_dst: list[torch.Tensor] = []
+        other_src: list[torch.Tensor] = []
+        other_dst: list[torch.Tensor] = []
+        for src, dst in zip(source, target, strict=True):
             if dst.is_floating_point():
                 float_src.append(src)
                 float_dst.append(dst)
             else:
                 other_src.append(src)
                 other_dst.append(dst)
-        pairs = (float_src, float_dst, other_src, other_dst)
+        pairs: TensorLists = (float_src, float_dst, other_src, other_dst)
         self._cache = (model, pairs)
         return pairs
 

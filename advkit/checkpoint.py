@@ -7,14 +7,14 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from .errors import AdvkitError, WriteFailed
-
 
 TEMP_SUFFIX = ".tmp"
 
@@ -29,7 +29,7 @@ def _current_umask() -> int:
 FILE_MODE = 0o666 & ~_current_umask()
 
 
-def _atomic_write(path: str | Path, write: Callable[[IO[Any]], None], mode: str) -> None:
+def _atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file.
 
     A failed write (disk full, read-only filesystem) removes the temporary and raises ``WriteFailed``
@@ -145,12 +145,17 @@ def load_failure(exc: BaseException, what: str, path: str | Path) -> AdvkitError
     if isinstance(exc, pickle.UnpicklingError) and any(phrase in text for phrase in _REFUSALS):
         if named is None or _PYTHON_NAME.fullmatch(named.group(1)):
             culprit = f"Python object '{named.group(1)}'" if named else "Python objects other than tensors"
-            return AdvkitError(f"{what} {path} refers to {culprit}, which advkit will not load (loading it could "
-                               "execute code); re-save the weights as a plain state_dict of tensors")
+            return AdvkitError(
+                f"{what} {path} refers to {culprit}, which advkit will not load (loading it could "
+                "execute code); re-save the weights as a plain state_dict of tensors"
+            )
         detail = f"a damaged reference to '{named.group(1)}'"
     else:
-        lines = [line.strip() for line in text.replace("Weights only load failed.", "").splitlines()
-                 if line.strip() and not any(advice in line for advice in _TORCH_ADVICE)]
+        lines = [
+            line.strip()
+            for line in text.replace("Weights only load failed.", "").splitlines()
+            if line.strip() and not any(advice in line for advice in _TORCH_ADVICE)
+        ]
         if lines:
             detail = lines[0].split(". ")[0].rstrip(".")
         else:
@@ -170,8 +175,11 @@ def load_state_dict_or_explain(module: nn.Module, state: Mapping[str, Any], what
         own = module.state_dict()
         missing = [key for key in own if key not in state]
         unexpected = [key for key in state if key not in own]
-        reshaped = [f"shape of {key} is {list(state[key].shape)} in the file but {list(own[key].shape)} in the model"
-                    for key in own if isinstance(state.get(key), torch.Tensor) and state[key].shape != own[key].shape]
+        reshaped = [
+            f"shape of {key} is {list(state[key].shape)} in the file but {list(own[key].shape)} in the model"
+            for key in own
+            if isinstance(state.get(key), torch.Tensor) and state[key].shape != own[key].shape
+        ]
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} key{'s' if len(missing) > 1 else ''} ({_some(missing)})")
@@ -189,7 +197,9 @@ def _some(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (", …" if len(keys) > 3 else "")
 
 
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu", *, averaged: bool = False) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+def load_trained_model(
+    path: str | Path, device: torch.device | str = "cpu", *, averaged: bool = False
+) -> tuple[torch.nn.Module, dict[str, Any], Any]:
     """Rebuild the model an advkit checkpoint holds: returns (model in eval mode, run config, DatasetInfo).
 
     ``averaged`` picks the weight-averaged (``--wa``) copy when the run kept one.
@@ -200,8 +210,10 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu", *, 
     state = safe_load(path)
     if not isinstance(state, dict) or "model" not in state or "dataset_info" not in state:
         raise AdvkitError(f"{path} is not an advkit checkpoint (no model/dataset_info entries)")
-    info = DatasetInfo(**{key: tuple(value) if isinstance(value, list) else value
-                          for key, value in state["dataset_info"].items()})
+    fields: dict[str, Any] = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in state["dataset_info"].items()
+    }
+    info = DatasetInfo(**fields)
     config = state.get("config", {})
     weights = state["model"]
     if averaged:

@@ -83,8 +83,10 @@ def import_robustbench() -> Any:
         raise AdvkitError("robustbench is not installed: pip install 'advkit[robustbench]'") from None
     altered = altered_files(distribution, "robustbench")
     if altered:
-        raise AdvkitError(f"robustbench {distribution.version}'s files were replaced by the old copy inside the "
-                          f"torchattacks wheel ({len(altered)} files, e.g. {altered[0]}); repair: {ROBUSTBENCH_REPAIR}")
+        raise AdvkitError(
+            f"robustbench {distribution.version}'s files were replaced by the old copy inside the "
+            f"torchattacks wheel ({len(altered)} files, e.g. {altered[0]}); repair: {ROBUSTBENCH_REPAIR}"
+        )
     _install_pkg_resources_shim()
     _alias_autoattack()
     return _quietly_import("robustbench")
@@ -111,8 +113,10 @@ def timm_hub_problem() -> str | None:
     if getattr(hub, "_has_hf_hub", True):
         return None
     try:
-        installed = f"huggingface_hub {metadata.version('huggingface_hub')} is installed but timm {timm.__version__} " \
-                    "cannot use it"
+        installed = (
+            f"huggingface_hub {metadata.version('huggingface_hub')} is installed but timm {timm.__version__} "
+            "cannot use it"
+        )
     except metadata.PackageNotFoundError:
         installed = "huggingface_hub is not installed"
     return f"{installed}: pip install 'huggingface_hub>=0.23,<1.0' (advkit[timm] pins it)"

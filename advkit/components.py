@@ -7,8 +7,9 @@ then every component's ``after_step``. Components never call each other; they re
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ class RunSetup:
     epochs: int
     iterations_per_epoch: int
     teacher: nn.Module | None
-    weight_average: Callable[[float], "WeightAverage"]
+    weight_average: Callable[[float], WeightAverage]
     dataset: str = ""
     num_examples: int = 0
     rank: int = 0
@@ -155,8 +156,11 @@ class Configurable:
         A component that reads ``RunSetup.epochs``, ``Progress.total_iterations`` or ``Progress.fraction``
         in some other way must say so by overriding this, naming the options that make it do so.
         """
-        return [option.name for option in self.options
-                if depends_on_training_length(option, self.option_values.get(option.name))]
+        return [
+            option.name
+            for option in self.options
+            if depends_on_training_length(option, self.option_values.get(option.name))
+        ]
 
     def setup(self, run: RunSetup) -> None:
         """Called once before training (and before a resumed state is loaded)."""

@@ -10,9 +10,10 @@ import dataclasses
 import difflib
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 import pydantic
 import yaml
@@ -51,14 +52,19 @@ def _finite(value: float) -> float:
 
 # Setting types: strict (no "64" for an integer, no 2.5 for epochs, no "maybe" for a flag) and finite.
 Integer = Annotated[pydantic.StrictInt, Expects("an integer")]
-Number = Annotated[float, pydantic.BeforeValidator(_number), pydantic.AfterValidator(_finite),
-                   Expects("a finite number (fractions such as 8/255 are accepted)")]
+Number = Annotated[
+    float,
+    pydantic.BeforeValidator(_number),
+    pydantic.AfterValidator(_finite),
+    Expects("a finite number (fractions such as 8/255 are accepted)"),
+]
 Flag = Annotated[pydantic.StrictBool, Expects("true or false")]
 Text = Annotated[pydantic.StrictStr, Expects("a string")]
 CountOrFraction = Annotated[pydantic.StrictInt | Number, Expects("a count (integer) or a fraction in [0, 1)")]
 Epochs = Annotated[list[Number], Expects("a list of epoch numbers, e.g. [100, 150]")]
-ComponentOptions = Annotated[dict[pydantic.StrictStr, dict[pydantic.StrictStr, Any]],
-                             Expects("a mapping such as {trades: {beta: 6}}")]
+ComponentOptions = Annotated[
+    dict[pydantic.StrictStr, dict[pydantic.StrictStr, Any]], Expects("a mapping such as {trades: {beta: 6}}")
+]
 LoggerNames = Annotated[list[pydantic.StrictStr], Expects("a list of logger names, e.g. [tensorboard, csv]")]
 LR_SCHEDULES = ("piecewise", "cosine", "constant")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -128,43 +134,83 @@ class TrainConfig:
             raise AdvkitError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.eps is None:
             if self.norm != "Linf":
-                raise AdvkitError(f"--norm {self.norm} needs --eps: an ℓ2 radius in pixel units of images in [0, 1], e.g. 0.5 on "
-                                  "CIFAR-10 (the default 8/255 is an ℓ∞ radius)")
+                raise AdvkitError(
+                    f"--norm {self.norm} needs --eps: an ℓ2 radius in pixel units of images in [0, 1], e.g. 0.5 on "
+                    "CIFAR-10 (the default 8/255 is an ℓ∞ radius)"
+                )
             self.eps = DEFAULT_LINF_EPS
         checks = [
-            (self.eps >= 0.0 and (self.norm != "Linf" or self.eps <= 1.0),
-             f"--eps must lie in [0, 1] for Linf (pixel units, e.g. 8/255) and be non-negative for L2, got {self.eps:g}"),
+            (
+                self.eps >= 0.0 and (self.norm != "Linf" or self.eps <= 1.0),
+                "--eps must lie in [0, 1] for Linf (pixel units, e.g. 8/255) and be non-negative for L2, "
+                f"got {self.eps:g}",
+            ),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (0 <= self.seed < SEED_LIMIT, f"--seed must lie in [0, 2^32), got {self.seed}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr:g}"),
             (0.0 <= self.momentum < 1.0, f"--momentum must lie in [0, 1), got {self.momentum:g}"),
             (self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay:g}"),
-            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
+            (
+                self.lr_schedule in LR_SCHEDULES,
+                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+            ),
             (0.0 < self.lr_gamma <= 1.0, f"--lr-gamma must lie in (0, 1], got {self.lr_gamma:g}"),
             (self.lr_warmup >= 0, f"--lr-warmup must be non-negative (epochs), got {self.lr_warmup:g}"),
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
-            (self.checkpoint_every is None or self.checkpoint_every >= 1,
-             f"--checkpoint-every must be at least 1 (optimizer steps), got {self.checkpoint_every}"),
-            (self.extra_fraction is None or 0.0 < self.extra_fraction < 1.0,
-             f"--extra-fraction must lie in (0, 1) (the generated share of every batch, e.g. 0.7), got {self.extra_fraction}"),
+            (
+                self.checkpoint_every is None or self.checkpoint_every >= 1,
+                f"--checkpoint-every must be at least 1 (optimizer steps), got {self.checkpoint_every}",
+            ),
+            (
+                self.extra_fraction is None or 0.0 < self.extra_fraction < 1.0,
+                "--extra-fraction must lie in (0, 1) (the generated share of every batch, e.g. 0.7), "
+                f"got {self.extra_fraction}",
+            ),
             (self.extra_fraction is None or self.extra_data is not None, "--extra-fraction needs --extra-data PATH"),
-            (self.train_size is None or self.train_size >= 1, f"--train-size must be at least 1, got {self.train_size}"),
-            (self.split_seed is None or 0 <= self.split_seed < SEED_LIMIT, f"--split-seed must lie in [0, 2^32), got {self.split_seed}"),
+            (
+                self.train_size is None or self.train_size >= 1,
+                f"--train-size must be at least 1, got {self.train_size}",
+            ),
+            (
+                self.split_seed is None or 0 <= self.split_seed < SEED_LIMIT,
+                f"--split-seed must lie in [0, 2^32), got {self.split_seed}",
+            ),
             (self.val_steps >= 0, f"--val-steps must be non-negative, got {self.val_steps}"),
-            (self.wa is None or 0.0 < self.wa < 1.0, f"--wa must lie in (0, 1) (an EMA decay such as 0.995), got {self.wa}"),
+            (
+                self.wa is None or 0.0 < self.wa < 1.0,
+                f"--wa must lie in (0, 1) (an EMA decay such as 0.995), got {self.wa}",
+            ),
             (self.select in ("model", "wa"), f"--select must be 'model' or 'wa', got {self.select!r}"),
             (self.select == "model" or self.wa is not None, "--select wa needs --wa DECAY"),
-            (self.awp is None or self.awp > 0, f"--awp must be positive (a relative weight-perturbation size such as 0.01), got {self.awp}"),
-            (self.awp_variant in AWP_VARIANTS, f"--awp-variant must be one of {', '.join(AWP_VARIANTS)}, got {self.awp_variant!r}"),
+            (
+                self.awp is None or self.awp > 0,
+                f"--awp must be positive (a relative weight-perturbation size such as 0.01), got {self.awp}",
+            ),
+            (
+                self.awp_variant in AWP_VARIANTS,
+                f"--awp-variant must be one of {', '.join(AWP_VARIANTS)}, got {self.awp_variant!r}",
+            ),
             (self.awp_warmup >= 0, f"--awp-warmup must be non-negative (epochs without AWP), got {self.awp_warmup}"),
-            (self.awp is None or self.amp != "fp16", "--awp cannot be combined with --amp fp16 (loss-scaled gradients would set the perturbation); use --amp bf16 or off"),
+            (
+                self.awp is None or self.amp != "fp16",
+                "--awp cannot be combined with --amp fp16 (loss-scaled gradients would set the perturbation); "
+                "use --amp bf16 or off",
+            ),
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
-            (self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"--device must be auto, cpu or cuda[:N], got {self.device!r}"),
-            (all(name in LOGGERS for name in self.logger),
-             f"--logger takes {', '.join(LOGGERS)} (comma-separated), got {', '.join(map(repr, self.logger))}"),
+            (
+                self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+                f"--device must be auto, cpu or cuda[:N], got {self.device!r}",
+            ),
+            (
+                all(name in LOGGERS for name in self.logger),
+                f"--logger takes {', '.join(LOGGERS)} (comma-separated), got {', '.join(map(repr, self.logger))}",
+            ),
             (len(set(self.logger)) == len(self.logger), f"--logger names a logger twice: {', '.join(self.logger)}"),
-            (self.log_interval >= 0, f"--log-interval must be non-negative (optimizer steps; 0 is off), got {self.log_interval}"),
+            (
+                self.log_interval >= 0,
+                f"--log-interval must be non-negative (optimizer steps; 0 is off), got {self.log_interval}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -224,8 +270,11 @@ def _expects_of(hint: Any) -> str | None:
     return None
 
 
-_EXPECTS = {name: text for name, hint in typing.get_type_hints(TrainConfig, include_extras=True).items()
-            if (text := _expects_of(hint)) is not None}
+_EXPECTS = {
+    name: text
+    for name, hint in typing.get_type_hints(TrainConfig, include_extras=True).items()
+    if (text := _expects_of(hint)) is not None
+}
 
 
 def config_from_mapping(data: Mapping[str, Any], source: str) -> TrainConfig:
@@ -289,7 +338,9 @@ def parse_option_flags(flags: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return result
 
 
-def merge_options(base: Mapping[str, Mapping[str, Any]], override: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def merge_options(
+    base: Mapping[str, Mapping[str, Any]], override: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
     """Option values of ``override`` win key by key (``-o`` flags over a YAML file's ``options``)."""
     merged = {prefix: dict(values) for prefix, values in base.items()}
     for prefix, values in override.items():
@@ -352,8 +403,10 @@ def select_components(config: TrainConfig, registry: Registry) -> Components:
     for prefix, values in config.options.items():
         _route(prefix, values, names, classes, options)
     if "norm" in attack_keys and options["attack"]["norm"] != config.norm:
-        raise AdvkitError(f"attack option norm={options['attack']['norm']} differs from the run's --norm {config.norm}: "
-                          "set the threat model with --norm (it also drives validation and advkit eval)")
+        raise AdvkitError(
+            f"attack option norm={options['attack']['norm']} differs from the run's --norm {config.norm}: "
+            "set the threat model with --norm (it also drives validation and advkit eval)"
+        )
     return Components(names, classes, options)
 
 
@@ -361,20 +414,34 @@ def _check_norm_support(name: str, attack_class: type, norm: str) -> None:
     """An advkit attack declares its norms (its ``norm`` option); a torchattacks attack keeps its own."""
     from .attacks import Attack, supported_norms
 
-    if isinstance(attack_class, type) and issubclass(attack_class, Attack) and norm not in supported_norms(attack_class):
-        raise AdvkitError(f"attack '{name}' supports --norm {' and '.join(supported_norms(attack_class))} only, not "
-                          f"{norm}; choose an attack that does (pgd, fgsm, trades-kl) or --norm Linf")
+    if (
+        isinstance(attack_class, type)
+        and issubclass(attack_class, Attack)
+        and norm not in supported_norms(attack_class)
+    ):
+        raise AdvkitError(
+            f"attack '{name}' supports --norm {' and '.join(supported_norms(attack_class))} only, not "
+            f"{norm}; choose an attack that does (pgd, fgsm, trades-kl) or --norm Linf"
+        )
 
 
-def _route(prefix: str, values: Mapping[str, Any], names: dict[str, str], classes: dict[str, type], options: dict[str, dict[str, Any]]) -> None:
+def _route(
+    prefix: str,
+    values: Mapping[str, Any],
+    names: dict[str, str],
+    classes: dict[str, type],
+    options: dict[str, dict[str, Any]],
+) -> None:
     if prefix in ROLES:
         options[prefix].update(values)
         return
     roles = [role for role in ROLES if names[role] == prefix]
     if not roles:
         selected = ", ".join(f"{role} {names[role]}" for role in ROLES)
-        raise OptionError(f"option prefix '{prefix}' matches no selected component (selected: {selected}; "
-                          "prefixes may also be rectifier, attack or objective)")
+        raise OptionError(
+            f"option prefix '{prefix}' matches no selected component (selected: {selected}; "
+            "prefixes may also be rectifier, attack or objective)"
+        )
     for key, value in values.items():
         owners = [role for role in roles if key in {o.name for o in component_options(classes[role])}]
         if not owners:

@@ -16,7 +16,9 @@ from .options import Option
 
 
 def distillation_kl(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0,
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    temperature: float = 1.0,
     reduction: str = "batchmean",
 ) -> torch.Tensor:
     """τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), Hinton's distillation term.
@@ -28,8 +30,11 @@ def distillation_kl(
 
 
 def introspection_kl(
-    clean_logits: torch.Tensor, adv_logits: torch.Tensor, teacher_adv_logits: torch.Tensor,
-    labels: torch.Tensor, beta: float,
+    clean_logits: torch.Tensor,
+    adv_logits: torch.Tensor,
+    teacher_adv_logits: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float,
 ) -> torch.Tensor:
     """IAD's self-introspection term: mean_i (1 − w_i)·KL(P_S(x_i) ‖ P_S(x′_i)), w_i = P_T(x′_i)[y_i]^β.
 
@@ -49,8 +54,9 @@ def distillation_options(*, temperature: float, kl_reduction: str, introspection
     ``introspection`` adds ``beta`` (0.1) and ``begin`` (epoch 60), IAD's defaults.
     """
     options = [
-        Option("alpha", float, 1.0, "weight of the distillation terms; CE(S(x), targets) gets 1 − alpha",
-               low=0.0, high=1.0),
+        Option(
+            "alpha", float, 1.0, "weight of the distillation terms; CE(S(x), targets) gets 1 − alpha", low=0.0, high=1.0
+        ),
         Option("temperature", float, temperature, "temperature τ of the teacher term", low=0.0, low_open=True),
         Option("kl_reduction", str, kl_reduction, "reduction of the teacher KL", choices=KL_REDUCTIONS),
         Option("scale", float, 1.0, "factor on the teacher term", low=0.0),
@@ -64,8 +70,14 @@ def distillation_options(*, temperature: float, kl_reduction: str, introspection
 
 
 def adversarial_distillation_loss(
-    ctx: StepContext, *, alpha: float, temperature: float, kl_reduction: str, scale: float,
-    teacher_on_adversarial: bool = False, introspection_beta: float | None = None,
+    ctx: StepContext,
+    *,
+    alpha: float,
+    temperature: float,
+    kl_reduction: str,
+    scale: float,
+    teacher_on_adversarial: bool = False,
+    introspection_beta: float | None = None,
 ) -> torch.Tensor:
     """α·scale·τ²KL(P_T^τ(x_T) ‖ P_S^τ(x′)) [+ α·introspection_kl] + (1 − α)·CE(S(x), ctx.targets).
 
@@ -83,8 +95,10 @@ def adversarial_distillation_loss(
         teacher = ctx.teacher_logits(adversarial=teacher_on_adversarial)
         total = total + alpha * scale * distillation_kl(teacher, logits_adv, temperature, kl_reduction)
     if introspect:
+        assert logits_clean is not None and logits_adv is not None and introspection_beta is not None
         teacher_adv = ctx.teacher_logits(adversarial=True)
         total = total + alpha * introspection_kl(logits_clean, logits_adv, teacher_adv, ctx.y, introspection_beta)
     if alpha < 1:
+        assert logits_clean is not None and ctx.targets is not None, "the rectifier runs before the objective"
         total = total + (1.0 - alpha) * soft_cross_entropy(logits_clean, ctx.targets)
     return total

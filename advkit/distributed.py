@@ -41,7 +41,7 @@ class World:
         return self.size > 1
 
     @classmethod
-    def from_environment(cls) -> "World":
+    def from_environment(cls) -> World:
         """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; one process when they are absent."""
         values = {}
         for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
@@ -164,4 +164,4 @@ class ProcessGroup:
 def _copy_back(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     """Copy the concatenation ``flat`` back into ``tensors`` (one message per collective, not one per tensor)."""
     chunks = flat.split([t.numel() for t in tensors])
-    torch._foreach_copy_(tensors, [chunk.view_as(t) for chunk, t in zip(chunks, tensors)])
+    torch._foreach_copy_(tensors, [chunk.view_as(t) for chunk, t in zip(chunks, tensors, strict=True)])

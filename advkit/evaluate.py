@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -40,8 +41,13 @@ def validation_attack(model: nn.Module, eps: float, steps: int, norm: str = "Lin
     return PGD(model, eps=eps, steps=steps, start="uniform", bn_mode="eval", norm=norm)
 
 
-def correct_count(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: Any = None,
-                  *, progress: str | None = None) -> torch.Tensor:
+def correct_count(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    attack: Any = None,
+    *,
+    progress: str | None = None,
+) -> torch.Tensor:
     """Number of examples classified correctly (a float device tensor, not yet read), after ``attack`` if given.
 
     Counts rather than fractions, so that shards of a split scored by several processes add up.
@@ -49,8 +55,9 @@ def correct_count(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=next(model.parameters()).device)
-    for x, y in tqdm(batches, desc=progress, leave=False, disable=progress is None or not sys.stderr.isatty(),
-                     dynamic_ncols=True):
+    for x, y in tqdm(
+        batches, desc=progress, leave=False, disable=progress is None or not sys.stderr.isatty(), dynamic_ncols=True
+    ):
         if attack is not None:
             with frozen_for_attack(model, "eval"):
                 x = attack(x, y)
@@ -66,9 +73,9 @@ class AttackRunner(Protocol):
 
     implementation: str  # the package whose code crafts the examples: advkit, torchattacks or pyautoattack
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-            progress: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        ...
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, progress: str | None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -76,7 +83,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.de
     parts = []
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            parts.append(model(x[start:start + batch_size].to(device)).argmax(dim=1).cpu())
+            parts.append(model(x[start : start + batch_size].to(device)).argmax(dim=1).cpu())
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
 
@@ -98,10 +105,12 @@ class PerBatch:
         self.attack = attack
         self.restarts = restarts
         self.implementation = getattr(attack, "implementation", None) or (
-            "advkit" if attack is None or isinstance(attack, Attack) else type(attack).__module__.split(".")[0])
+            "advkit" if attack is None or isinstance(attack, Attack) else type(attack).__module__.split(".")[0]
+        )
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-            progress: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, progress: str | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         device = device_of(model)
         x_adv = x.clone()
         correct = predict(model, x, batch_size, device) == y
@@ -111,8 +120,9 @@ class PerBatch:
             todo = correct.nonzero().flatten()
             desc = progress if progress is None or self.restarts == 1 else f"{progress} (restart {restart + 1})"
             chunks = list(todo.split(batch_size))
-            for index in tqdm(chunks, desc=desc, leave=False, disable=desc is None or not sys.stderr.isatty(),
-                              dynamic_ncols=True):
+            for index in tqdm(
+                chunks, desc=desc, leave=False, disable=desc is None or not sys.stderr.isatty(), dynamic_ncols=True
+            ):
                 xb, yb = x[index].to(device), y[index].to(device)
                 with frozen_for_attack(model, "eval"):
                     adv = self.attack(xb, yb).detach()
@@ -131,8 +141,15 @@ class OfficialAutoAttack:
     AutoAttack's own ``_set_version`` does, replacing sub-attacks with instances of the module's classes.
     """
 
-    def __init__(self, eps: float, norm: str, seed: int, version: str, attacks: list[str] | None = None,
-                 configure: Callable[[Any, Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        eps: float,
+        norm: str,
+        seed: int,
+        version: str,
+        attacks: list[str] | None = None,
+        configure: Callable[[Any, Any], None] | None = None,
+    ) -> None:
         self.eps, self.norm, self.seed = eps, norm, seed
         self.version, self.attacks, self.configure = version, attacks, configure
         self.implementation = "pyautoattack"
@@ -141,14 +158,22 @@ class OfficialAutoAttack:
         from .compat import import_autoattack
 
         module = import_autoattack()
-        aa = module.AutoAttack(model, attacks=self.attacks, device=device, eps=self.eps, norm=self.norm,
-                               seed=self.seed, version=self.version)
+        aa = module.AutoAttack(
+            model,
+            attacks=self.attacks,
+            device=device,
+            eps=self.eps,
+            norm=self.norm,
+            seed=self.seed,
+            version=self.version,
+        )
         if self.configure is not None:
             self.configure(module, aa)
         return aa
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-            progress: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, progress: str | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         aa = self.build(model, device_of(model))
         with frozen_for_attack(model, "eval"), _autoattack_log(progress is not None):
             x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch_size)
@@ -184,8 +209,9 @@ class CarliniWagnerL2:
 
     implementation = "torchattacks"
 
-    def __init__(self, model: nn.Module, *, c: float, kappa: float, steps: int, lr: float, rounds: int,
-                 max_norm: float | None) -> None:
+    def __init__(
+        self, model: nn.Module, *, c: float, kappa: float, steps: int, lr: float, rounds: int, max_norm: float | None
+    ) -> None:
         self.model, self.c, self.kappa, self.steps, self.lr = model, c, kappa, steps, lr
         self.rounds, self.max_norm = rounds, max_norm
 
@@ -197,7 +223,7 @@ class CarliniWagnerL2:
         for round_index in range(self.rounds):
             if todo.numel() == 0:
                 break
-            c = self.c * 10 ** round_index
+            c = self.c * 10**round_index
             cw = torchattacks.CW(self.model, c=c, kappa=self.kappa, steps=self.steps, lr=self.lr)
             adv = cw(x[todo], y[todo])
             with torch.no_grad():
@@ -239,8 +265,9 @@ def _alpha(ctx: AttackContext, options: dict[str, Any]) -> float:
     return ctx.eps / 4 if options["alpha"] is None else options["alpha"]
 
 
-def _pgd_attack(model: nn.Module, eps: float, norm: str, *, steps: int, alpha: float,
-                loss: str = "ce") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _pgd_attack(
+    model: nn.Module, eps: float, norm: str, *, steps: int, alpha: float, loss: str = "ce"
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """ℓ∞: advkit's PGD (uniform start, eval-mode BN); ℓ2: torchattacks' PGDL2 (random start in the ball)."""
     if norm == "Linf":
         return PGD(model, eps=eps, alpha=alpha, steps=steps, start="uniform", bn_mode="eval", loss=loss)
@@ -272,8 +299,9 @@ def _cw2(ctx: AttackContext, options: dict[str, Any]) -> AttackRunner:
     return PerBatch(CarliniWagnerL2(ctx.model, **options))
 
 
-def _official(attack: str | None, configure: Callable[[AttackContext, dict[str, Any], Any, Any], None] | None = None
-              ) -> Callable[[AttackContext, dict[str, Any]], AttackRunner]:
+def _official(
+    attack: str | None, configure: Callable[[AttackContext, dict[str, Any], Any, Any], None] | None = None
+) -> Callable[[AttackContext, dict[str, Any]], AttackRunner]:
     """Build an ``OfficialAutoAttack``: one sub-attack (``version='custom'``) or a whole version."""
 
     def build(ctx: AttackContext, options: dict[str, Any]) -> AttackRunner:
@@ -286,20 +314,44 @@ def _official(attack: str | None, configure: Callable[[AttackContext, dict[str, 
 
 def _configure_apgd(ctx: AttackContext, options: dict[str, Any], module: Any, aa: Any) -> None:
     aa.apgd = module.autopgd_base.APGDAttack(
-        aa.model, n_iter=options["iters"], n_restarts=options["restarts"], eps=ctx.eps, norm=ctx.norm, seed=ctx.seed,
-        device=aa.device, logger=aa.logger)
+        aa.model,
+        n_iter=options["iters"],
+        n_restarts=options["restarts"],
+        eps=ctx.eps,
+        norm=ctx.norm,
+        seed=ctx.seed,
+        device=aa.device,
+        logger=aa.logger,
+    )
 
 
 def _configure_apgd_t(ctx: AttackContext, options: dict[str, Any], module: Any, aa: Any) -> None:
     aa.apgd_targeted = module.autopgd_base.APGDAttack_targeted(
-        aa.model, n_iter=options["iters"], n_restarts=options["restarts"], eps=ctx.eps, norm=ctx.norm, seed=ctx.seed,
-        n_target_classes=min(options["targets"], ctx.num_classes - 1), device=aa.device, logger=aa.logger)
+        aa.model,
+        n_iter=options["iters"],
+        n_restarts=options["restarts"],
+        eps=ctx.eps,
+        norm=ctx.norm,
+        seed=ctx.seed,
+        n_target_classes=min(options["targets"], ctx.num_classes - 1),
+        device=aa.device,
+        logger=aa.logger,
+    )
 
 
 def _configure_square(ctx: AttackContext, options: dict[str, Any], module: Any, aa: Any) -> None:
     aa.square = module.square.SquareAttack(
-        aa.model, p_init=options["p_init"], n_queries=options["queries"], eps=ctx.eps, norm=ctx.norm,
-        n_restarts=options["restarts"], seed=ctx.seed, verbose=False, device=aa.device, resc_schedule=False)
+        aa.model,
+        p_init=options["p_init"],
+        n_queries=options["queries"],
+        eps=ctx.eps,
+        norm=ctx.norm,
+        n_restarts=options["restarts"],
+        seed=ctx.seed,
+        verbose=False,
+        device=aa.device,
+        resc_schedule=False,
+    )
 
 
 def _configure_autoattack(ctx: AttackContext, options: dict[str, Any], module: Any, aa: Any) -> None:
@@ -330,62 +382,120 @@ _RESTARTS_1 = Option("restarts", int, 1, "restarts (AutoAttack standard: 1)", lo
 EVAL_ATTACKS: dict[str, EvalAttack] = {
     spec.name: spec
     for spec in (
-        EvalAttack("clean", "no attack", (), lambda ctx, options: PerBatch(None), implementation="advkit",
-                   describe=lambda ctx, options: "clean"),
-        EvalAttack("fgsm", "FGSM: one signed step of size ε (ℓ2: one normalised-gradient step, FGM)", (), _fgsm,
-                   describe=lambda ctx, options: f"FGSM ({ctx.norm})"),
-        EvalAttack("pgd", "PGD on cross-entropy, uniform random start", _steps_and_alpha(20), _pgd("ce"),
-                   describe=_describe_pgd("PGD")),
-        EvalAttack("cw", "CW∞: PGD on the Carlini-Wagner margin loss", _steps_and_alpha(30), _pgd("cw"), norms=("Linf",),
-                   implementation="advkit",
-                   describe=_describe_pgd("CW∞ PGD")),
         EvalAttack(
-            "cw2", "CW₂: torchattacks' Carlini-Wagner ℓ2 optimisation (minimum norm), c raised ×10 per round",
+            "clean",
+            "no attack",
+            (),
+            lambda ctx, options: PerBatch(None),
+            implementation="advkit",
+            describe=lambda ctx, options: "clean",
+        ),
+        EvalAttack(
+            "fgsm",
+            "FGSM: one signed step of size ε (ℓ2: one normalised-gradient step, FGM)",
+            (),
+            _fgsm,
+            describe=lambda ctx, options: f"FGSM ({ctx.norm})",
+        ),
+        EvalAttack(
+            "pgd",
+            "PGD on cross-entropy, uniform random start",
+            _steps_and_alpha(20),
+            _pgd("ce"),
+            describe=_describe_pgd("PGD"),
+        ),
+        EvalAttack(
+            "cw",
+            "CW∞: PGD on the Carlini-Wagner margin loss",
+            _steps_and_alpha(30),
+            _pgd("cw"),
+            norms=("Linf",),
+            implementation="advkit",
+            describe=_describe_pgd("CW∞ PGD"),
+        ),
+        EvalAttack(
+            "cw2",
+            "CW₂: torchattacks' Carlini-Wagner ℓ2 optimisation (minimum norm), c raised ×10 per round",
             (
                 Option("c", float, 0.1, "weight of the misclassification term", low=0.0, low_open=True),
                 Option("kappa", float, 0.01, "confidence margin κ", low=0.0),
                 Option("steps", int, 1000, "Adam iterations", low=1),
                 Option("lr", float, 0.01, "Adam learning rate", low=0.0, low_open=True),
-                Option("rounds", int, 9, "rounds; each retries the unbroken examples with c ×10 "
-                       "(advertorch's 9 search steps)", low=1),
-                Option("max_norm", float, None, "count a perturbation only if its ℓ2 norm is at most this "
-                       "[unbounded]", low=0.0, optional=True),
+                Option(
+                    "rounds",
+                    int,
+                    9,
+                    "rounds; each retries the unbroken examples with c ×10 (advertorch's 9 search steps)",
+                    low=1,
+                ),
+                Option(
+                    "max_norm",
+                    float,
+                    None,
+                    "count a perturbation only if its ℓ2 norm is at most this [unbounded]",
+                    low=0.0,
+                    optional=True,
+                ),
             ),
-            _cw2, implementation="torchattacks",
-            describe=lambda ctx, options: (f"CW₂ (c={options['c']:g}, {options['rounds']} round(s) of ×10, "
-                                           f"κ={options['kappa']:g}, {options['steps']} steps, "
-                                           + ("unbounded)" if options["max_norm"] is None
-                                              else f"‖δ‖₂ ≤ {options['max_norm']:g})")),
+            _cw2,
+            implementation="torchattacks",
+            describe=lambda ctx, options: (
+                f"CW₂ (c={options['c']:g}, {options['rounds']} round(s) of ×10, "
+                f"κ={options['kappa']:g}, {options['steps']} steps, "
+                + ("unbounded)" if options["max_norm"] is None else f"‖δ‖₂ ≤ {options['max_norm']:g})")
+            ),
         ),
         EvalAttack(
-            "apgd-ce", "APGD on cross-entropy (official AutoAttack code)",
+            "apgd-ce",
+            "APGD on cross-entropy (official AutoAttack code)",
             (Option("iters", int, 100, "iterations", low=1), _RESTARTS_1),
-            _official("apgd-ce", _configure_apgd), implementation="pyautoattack",
-            describe=lambda ctx, options: f"APGD-CE ({ctx.norm}, {options['iters']} iters, {options['restarts']} restart(s))",
+            _official("apgd-ce", _configure_apgd),
+            implementation="pyautoattack",
+            describe=lambda ctx, options: (
+                f"APGD-CE ({ctx.norm}, {options['iters']} iters, {options['restarts']} restart(s))"
+            ),
         ),
         EvalAttack(
-            "apgd-t", "targeted APGD on the DLR loss (official AutoAttack code)",
-            (Option("iters", int, 100, "iterations", low=1), _RESTARTS_1,
-             Option("targets", int, 9, "target classes, at most classes − 1", low=1)),
-            _official("apgd-t", _configure_apgd_t), implementation="pyautoattack",
-            describe=lambda ctx, options: (f"APGD-T ({ctx.norm}, {options['iters']} iters, "
-                                           f"{min(options['targets'], ctx.num_classes - 1)} targets)"),
+            "apgd-t",
+            "targeted APGD on the DLR loss (official AutoAttack code)",
+            (
+                Option("iters", int, 100, "iterations", low=1),
+                _RESTARTS_1,
+                Option("targets", int, 9, "target classes, at most classes − 1", low=1),
+            ),
+            _official("apgd-t", _configure_apgd_t),
+            implementation="pyautoattack",
+            describe=lambda ctx, options: (
+                f"APGD-T ({ctx.norm}, {options['iters']} iters, {min(options['targets'], ctx.num_classes - 1)} targets)"
+            ),
         ),
         EvalAttack(
-            "square", "Square: query-based black-box attack (official AutoAttack code)",
-            (Option("queries", int, 5000, "query budget per example", low=1), _RESTARTS_1,
-             Option("p_init", float, 0.8, "initial fraction of pixels changed", low=0.0, high=1.0, low_open=True)),
-            _official("square", _configure_square), implementation="pyautoattack",
+            "square",
+            "Square: query-based black-box attack (official AutoAttack code)",
+            (
+                Option("queries", int, 5000, "query budget per example", low=1),
+                _RESTARTS_1,
+                Option("p_init", float, 0.8, "initial fraction of pixels changed", low=0.0, high=1.0, low_open=True),
+            ),
+            _official("square", _configure_square),
+            implementation="pyautoattack",
             describe=lambda ctx, options: f"Square ({ctx.norm}, {options['queries']} queries)",
         ),
         EvalAttack(
-            "autoattack", "AutoAttack: APGD-CE, APGD-T, FAB-T, Square (official pyautoattack)",
+            "autoattack",
+            "AutoAttack: APGD-CE, APGD-T, FAB-T, Square (official pyautoattack)",
             (Option("version", str, "standard", "AutoAttack version", choices=("standard", "plus", "rand")),),
-            _official(None, _configure_autoattack), implementation="pyautoattack",
+            _official(None, _configure_autoattack),
+            implementation="pyautoattack",
             describe=lambda ctx, options: f"AutoAttack {options['version']} ({ctx.norm})",
         ),
-        EvalAttack("transfer", "transfer: PGD crafted on --surrogate, evaluated on the target", _steps_and_alpha(20),
-                   _pgd("ce", on_surrogate=True), describe=_describe_pgd("transfer PGD")),
+        EvalAttack(
+            "transfer",
+            "transfer: PGD crafted on --surrogate, evaluated on the target",
+            _steps_and_alpha(20),
+            _pgd("ce", on_surrogate=True),
+            describe=_describe_pgd("transfer PGD"),
+        ),
     )
 }
 
@@ -434,8 +544,9 @@ def split_attack_text(text: str) -> tuple[str, dict[str, str]]:
     for item in rest.split(","):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise AdvkitError(f"--attack {text!r}: options are written name:key=value,key=value "
-                              "(e.g. pgd:steps=50,restarts=5)")
+            raise AdvkitError(
+                f"--attack {text!r}: options are written name:key=value,key=value (e.g. pgd:steps=50,restarts=5)"
+            )
         values[key.strip()] = value.strip()
     return name, values
 
@@ -454,13 +565,15 @@ def parse_attack(text: str, norm: str = "Linf", registry: Registry | None = None
             raise AdvkitError(f"attack '{name}' supports --norm {' or '.join(supported_norms(cls))}, not {norm}")
         resolve_options(component_options(cls), raw, f"attack '{name}'")  # fail early on a bad key or value
         return AttackSpec(text, name, dict(raw))
-    raise AdvkitError(f"unknown evaluation attack '{name}' (available: {', '.join(EVAL_ATTACKS)}, "
-                      "plugin:<name>, torchattacks:<Name>; options as name:key=value, e.g. pgd:steps=50)")
+    raise AdvkitError(
+        f"unknown evaluation attack '{name}' (available: {', '.join(EVAL_ATTACKS)}, "
+        "plugin:<name>, torchattacks:<Name>; options as name:key=value, e.g. pgd:steps=50)"
+    )
 
 
 def _registered_attack(name: str, registry: Registry | None) -> type:
     """The class behind ``torchattacks:<Name>`` or ``plugin:<name>`` (an installed training attack)."""
-    key = name[len(PLUGIN_PREFIX):] if name.startswith(PLUGIN_PREFIX) else name
+    key = name[len(PLUGIN_PREFIX) :] if name.startswith(PLUGIN_PREFIX) else name
     return (registry or default_registry()).load("attack", key)
 
 
@@ -481,9 +594,17 @@ class AttackResult:
         return float(self.correct.double().mean()) if self.correct.numel() else 0.0
 
 
-def run_attacks(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, specs: list[AttackSpec], *, batch_size: int,
-                progress: bool = False, keep_adversarial: bool = True,
-                registry: Registry | None = None) -> dict[str, AttackResult]:
+def run_attacks(
+    ctx: AttackContext,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    specs: list[AttackSpec],
+    *,
+    batch_size: int,
+    progress: bool = False,
+    keep_adversarial: bool = True,
+    registry: Registry | None = None,
+) -> dict[str, AttackResult]:
     """Run each attack on host tensors (x, y); every attack starts from the same seed, whatever the order.
 
     ``keep_adversarial=False`` drops each attack's examples once scored (a full test set per attack adds up).
@@ -494,8 +615,14 @@ def run_attacks(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, specs: lis
         started = time.perf_counter()
         runner = spec.build(ctx, registry)
         x_adv, correct = runner.run(ctx.model, x, y, batch_size, spec.text if progress else None)
-        results[spec.text] = AttackResult(spec, spec.describe(ctx), runner.implementation,
-                                          x_adv if keep_adversarial else None, correct, time.perf_counter() - started)
+        results[spec.text] = AttackResult(
+            spec,
+            spec.describe(ctx),
+            runner.implementation,
+            x_adv if keep_adversarial else None,
+            correct,
+            time.perf_counter() - started,
+        )
     return results
 
 
@@ -513,7 +640,9 @@ def checkpoint_path(target: str | Path, which: str = "best") -> Path:
     if target.is_dir():
         path = target / f"{which}.pt"
         if not path.is_file():
-            raise AdvkitError(f"{target} holds no {which}.pt: is it an advkit run directory whose first epoch finished?")
+            raise AdvkitError(
+                f"{target} holds no {which}.pt: is it an advkit run directory whose first epoch finished?"
+            )
         return path
     if not target.exists():
         raise AdvkitError(f"no such run directory or checkpoint: {target}")
@@ -533,7 +662,9 @@ class EvalSetup:
     device: torch.device
     averaged: bool
 
-    def context(self, eps: float | None, norm: str | None, seed: int, surrogate: nn.Module | None = None) -> AttackContext:
+    def context(
+        self, eps: float | None, norm: str | None, seed: int, surrogate: nn.Module | None = None
+    ) -> AttackContext:
         """The attack context; the threat model and ε default to the run's (``--norm``, ``--eps`` of training)."""
         run_norm = str(self.config.get("norm", "Linf"))
         norm = run_norm if norm is None else norm
@@ -543,16 +674,27 @@ class EvalSetup:
             eps = float(self.config.get("eps") or 8 / 255)
         if norm == "Linf" and eps > 1:
             raise AdvkitError(f"--eps must lie in [0, 1] for Linf (pixel units, e.g. 8/255), got {eps:g}")
-        return AttackContext(model=self.model, eps=eps, norm=norm, num_classes=self.info.num_classes, seed=seed,
-                             surrogate=surrogate)
+        return AttackContext(
+            model=self.model, eps=eps, norm=norm, num_classes=self.info.num_classes, seed=seed, surrogate=surrogate
+        )
 
     def header(self, ctx: AttackContext) -> str:
-        return (f"{self.path} ({'weight-averaged' if self.averaged else 'model'}), {self.info.name} test, "
-                f"n={self.y.shape[0]}, {ctx.norm} eps={ctx.eps:.5g}, seed={ctx.seed}")
+        return (
+            f"{self.path} ({'weight-averaged' if self.averaged else 'model'}), {self.info.name} test, "
+            f"n={self.y.shape[0]}, {ctx.norm} eps={ctx.eps:.5g}, seed={ctx.seed}"
+        )
 
 
-def load_eval_setup(target: str | Path, *, which: str = "best", averaged: bool = False, device: str = "auto",
-                    data_dir: str | None = None, n_examples: int | None = None, seed: int = 0) -> EvalSetup:
+def load_eval_setup(
+    target: str | Path,
+    *,
+    which: str = "best",
+    averaged: bool = False,
+    device: str = "auto",
+    data_dir: str | None = None,
+    n_examples: int | None = None,
+    seed: int = 0,
+) -> EvalSetup:
     """Load a checkpoint and the seeded subset of examples every command of one evaluation shares."""
     from .checkpoint import load_trained_model
     from .distributed import resolve_device
@@ -564,8 +706,9 @@ def load_eval_setup(target: str | Path, *, which: str = "best", averaged: bool =
     return EvalSetup(path, model, config, info, x, y, torch_device, averaged)
 
 
-def load_test_tensors(name: str, data_dir: str, *, n_examples: int | None = None,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_test_tensors(
+    name: str, data_dir: str, *, n_examples: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random subset of a dataset's test split as host tensors (float images in [0, 1], labels)."""
     from .data import load_dataset, to_float
 
@@ -581,28 +724,52 @@ def load_surrogate(target: str | Path, info: Any, device: torch.device, which: s
 
     model, _, surrogate_info = load_trained_model(checkpoint_path(target, which), device)
     if surrogate_info.name != info.name:
-        raise AdvkitError(f"--surrogate {target} was trained on {surrogate_info.name}, the evaluated model on {info.name}")
+        raise AdvkitError(
+            f"--surrogate {target} was trained on {surrogate_info.name}, the evaluated model on {info.name}"
+        )
     return model
 
 
-def prepare_evaluation(target: str | Path, *, eps: float | None = None, norm: str | None = None, seed: int = 0,
-                       surrogate: str | Path | None = None, which: str = "best", averaged: bool = False,
-                       device: str = "auto", data_dir: str | None = None, n_examples: int | None = None
-                       ) -> tuple[EvalSetup, AttackContext]:
+def prepare_evaluation(
+    target: str | Path,
+    *,
+    eps: float | None = None,
+    norm: str | None = None,
+    seed: int = 0,
+    surrogate: str | Path | None = None,
+    which: str = "best",
+    averaged: bool = False,
+    device: str = "auto",
+    data_dir: str | None = None,
+    n_examples: int | None = None,
+) -> tuple[EvalSetup, AttackContext]:
     """Model, examples and attack context shared by ``advkit eval``, ``sanity`` and ``plot calibration``."""
     if norm is not None and norm not in NORMS:
         raise AdvkitError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    setup = load_eval_setup(target, which=which, averaged=averaged, device=device, data_dir=data_dir,
-                            n_examples=n_examples, seed=seed)
+    setup = load_eval_setup(
+        target, which=which, averaged=averaged, device=device, data_dir=data_dir, n_examples=n_examples, seed=seed
+    )
     surrogate_model = None if surrogate is None else load_surrogate(surrogate, setup.info, setup.device)
     return setup, setup.context(eps, norm, seed, surrogate_model)
 
 
-def evaluate_checkpoint(target: str | Path, attacks: list[str], *, n_examples: int | None = None,
-                        batch_size: int = 256, eps: float | None = None, norm: str | None = None, seed: int = 0,
-                        averaged: bool = False, which: str = "best", data_dir: str | None = None,
-                        device: str = "auto", surrogate: str | Path | None = None, progress: bool = False,
-                        registry: Registry | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    target: str | Path,
+    attacks: list[str],
+    *,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    eps: float | None = None,
+    norm: str | None = None,
+    seed: int = 0,
+    averaged: bool = False,
+    which: str = "best",
+    data_dir: str | None = None,
+    device: str = "auto",
+    surrogate: str | Path | None = None,
+    progress: bool = False,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
     """Accuracy of a checkpoint on a seeded subset of its test split under each attack, plus the worst case.
 
     ``attacks`` are specs such as ``"pgd:steps=50"`` (docs/evaluation.md); the report is JSON-ready.
@@ -610,13 +777,31 @@ def evaluate_checkpoint(target: str | Path, attacks: list[str], *, n_examples: i
     texts = list(dict.fromkeys(attacks))
     for text in texts:  # a mistake in the attack list is reported before anything loads
         parse_attack(text, norm or "Linf", registry)
-    loaded, ctx = prepare_evaluation(target, eps=eps, norm=norm, seed=seed, surrogate=surrogate, which=which,
-                                     averaged=averaged, device=device, data_dir=data_dir, n_examples=n_examples)
+    loaded, ctx = prepare_evaluation(
+        target,
+        eps=eps,
+        norm=norm,
+        seed=seed,
+        surrogate=surrogate,
+        which=which,
+        averaged=averaged,
+        device=device,
+        data_dir=data_dir,
+        n_examples=n_examples,
+    )
     specs = [parse_attack(text, ctx.norm, registry) for text in texts]  # the run's norm when none was given
     if any(spec.needs_surrogate for spec in specs) and surrogate is None:
         raise AdvkitError(NEEDS_SURROGATE)
-    results = run_attacks(ctx, loaded.x, loaded.y, specs, batch_size=batch_size, progress=progress,
-                          keep_adversarial=False, registry=registry)
+    results = run_attacks(
+        ctx,
+        loaded.x,
+        loaded.y,
+        specs,
+        batch_size=batch_size,
+        progress=progress,
+        keep_adversarial=False,
+        registry=registry,
+    )
     worst = worst_case(results)
     return {
         "header": loaded.header(ctx),
@@ -630,8 +815,13 @@ def evaluate_checkpoint(target: str | Path, attacks: list[str], *, n_examples: i
         "norm": ctx.norm,
         "surrogate": None if surrogate is None else str(surrogate),
         "attacks": [
-            {"attack": name, "description": result.description, "implementation": result.implementation,
-             "accuracy": result.accuracy, "seconds": round(result.seconds, 3)}
+            {
+                "attack": name,
+                "description": result.description,
+                "implementation": result.implementation,
+                "accuracy": result.accuracy,
+                "seconds": round(result.seconds, 3),
+            }
             for name, result in results.items()
         ],
         "accuracy": {name: result.accuracy for name, result in results.items()},

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
@@ -23,8 +24,12 @@ STOP_SIGNALS = {signal.SIGTERM: EXIT_PREEMPTED, signal.SIGUSR1: EXIT_PREEMPTED, 
 class StoppedBySignal(Exception):
     """A stop signal arrived before training began: nothing to save, so the command ends here."""
 
-    def __init__(self, signal_name: str, exit_status: int,
-                 what: str = "stopped before training began; nothing was left half-written") -> None:
+    def __init__(
+        self,
+        signal_name: str,
+        exit_status: int,
+        what: str = "stopped before training began; nothing was left half-written",
+    ) -> None:
         super().__init__(f"{signal_name}: {what}")
         self.exit_status = exit_status
 
@@ -74,5 +79,5 @@ def stop_on_signals(request: StopRequest) -> Iterator[StopRequest]:
     try:
         yield request
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)

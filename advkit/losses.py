@@ -17,9 +17,7 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels, num_classes).to(torch.float32)
 
 
-def soft_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy against hard labels (B,) or a B×C matrix of target probabilities."""
     if targets.dtype in (torch.int64, torch.int32):
         return F.cross_entropy(logits, targets, reduction=reduction)
@@ -27,9 +25,7 @@ def soft_cross_entropy(
     return _reduce(per_sample, reduction)
 
 
-def kl_divergence(
-    target_probs: torch.Tensor, logits: torch.Tensor, reduction: str = "batchmean"
-) -> torch.Tensor:
+def kl_divergence(target_probs: torch.Tensor, logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
     """KL(target_probs ‖ softmax(logits)); 0·log 0 counts as 0.
 
     For targets that carry no gradient (rectifier targets, detached teacher outputs). When the target

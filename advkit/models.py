@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -17,8 +17,19 @@ from torch import nn
 from .data import DatasetInfo
 from .errors import AdvkitError
 
-MODELS: tuple[str, ...] = ("resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10", "wrn-34-20", "wrn-70-16",
-                           "mobilenetv2", "small-cnn", "small-cnn-gn", "cnn3", "cnn3-wide")
+MODELS: tuple[str, ...] = (
+    "resnet18",
+    "preact-resnet18",
+    "wrn-28-10",
+    "wrn-34-10",
+    "wrn-34-20",
+    "wrn-70-16",
+    "mobilenetv2",
+    "small-cnn",
+    "small-cnn-gn",
+    "cnn3",
+    "cnn3-wide",
+)
 
 
 class NormalizedModel(nn.Module):
@@ -26,6 +37,10 @@ class NormalizedModel(nn.Module):
 
     ``mean`` and ``std`` are buffers shaped 1×C×1×1, so they travel with ``.to(device)`` and the state dict.
     """
+
+    net: nn.Module
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -52,6 +67,7 @@ def _init_weights(net: nn.Module) -> None:
 
 
 # --- ResNet-18 (CIFAR variant) -------------------------------------------------------------------------------
+
 
 class BasicBlock(nn.Module):
     """Post-activation residual block: conv-BN-ReLU-conv-BN plus a (projected) shortcut, then ReLU."""
@@ -97,15 +113,16 @@ class PreActBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR ResNet: 3×3 stem, no max-pool, four stages (64..512 channels), adaptive average pool, linear."""
 
-    def __init__(self, block: type[BasicBlock] | type[PreActBlock], blocks: Sequence[int], in_channels: int,
-                 num_classes: int) -> None:
+    def __init__(
+        self, block: type[BasicBlock] | type[PreActBlock], blocks: Sequence[int], in_channels: int, num_classes: int
+    ) -> None:
         super().__init__()
         self.preact = block is PreActBlock
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = None if self.preact else nn.BatchNorm2d(64)
         in_planes = 64
         stages = []
-        for i, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+        for i, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks, strict=True)):
             layers = []
             for j in range(count):
                 layers.append(block(in_planes, planes, 2 if i > 0 and j == 0 else 1))
@@ -129,6 +146,7 @@ class ResNet(nn.Module):
 
 # --- WideResNet (TRADES / RobustBench style, pre-activation) -------------------------------------------------
 
+
 class WideResNet(nn.Module):
     """WRN-depth-width: 16-channel stem, three stages of (depth-4)/6 blocks at 16k/32k/64k channels."""
 
@@ -139,8 +157,10 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False)
         stages = []
         for i, stride in enumerate((1, 2, 2)):
-            blocks = [PreActBlock(channels[i] if j == 0 else channels[i + 1], channels[i + 1], stride if j == 0 else 1)
-                      for j in range(n)]
+            blocks = [
+                PreActBlock(channels[i] if j == 0 else channels[i + 1], channels[i + 1], stride if j == 0 else 1)
+                for j in range(n)
+            ]
             stages.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = stages
         self.bn = nn.BatchNorm2d(channels[3])
@@ -155,6 +175,7 @@ class WideResNet(nn.Module):
 
 # --- MobileNetV2 (CIFAR variant) -----------------------------------------------------------------------------
 
+
 class InvertedResidual(nn.Module):
     """Expand (1×1) - depthwise (3×3) - project (1×1); a residual connection at stride 1."""
 
@@ -162,10 +183,15 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = expansion * in_planes
         self.body = nn.Sequential(
-            nn.Conv2d(in_planes, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(in_planes, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, planes, 1, bias=False), nn.BatchNorm2d(planes))
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, planes, 1, bias=False),
+            nn.BatchNorm2d(planes),
+        )
         self.stride = stride
         self.shortcut = nn.Sequential()
         if stride == 1 and in_planes != planes:
@@ -180,21 +206,26 @@ class MobileNetV2(nn.Module):
     """MobileNetV2 for small images: stride-1 stem and first two stages, so 32×32 ends at 4×4."""
 
     # (expansion, out channels, blocks, first stride)
-    CONFIG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-              (6, 320, 1, 1))
+    CONFIG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True)
+        )
         layers, in_planes = [], 32
         for expansion, planes, count, stride in self.CONFIG:
             for j in range(count):
                 layers.append(InvertedResidual(in_planes, planes, expansion, stride if j == 0 else 1))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU(inplace=True),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(
+            nn.Conv2d(320, 1280, 1, bias=False),
+            nn.BatchNorm2d(1280),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.linear = nn.Linear(1280, num_classes)
         _init_weights(self)
 
@@ -203,6 +234,7 @@ class MobileNetV2(nn.Module):
 
 
 # --- small CNN for MNIST-sized and 8×8 inputs ----------------------------------------------------------------
+
 
 class SmallCNN(nn.Module):
     """Two 3×3 conv layers (32, 64 channels, the second at stride 2) with BatchNorm, 2×2 adaptive pool, linear.
@@ -219,9 +251,15 @@ class SmallCNN(nn.Module):
             return nn.GroupNorm(8, channels) if group_norm else nn.BatchNorm2d(channels)
 
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), norm(32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3, 2, 1, bias=False), norm(64), nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten())
+            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False),
+            norm(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, 2, 1, bias=False),
+            norm(64),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
         self.linear = nn.Linear(64 * 4, num_classes)
         _init_weights(self)
 
@@ -242,11 +280,21 @@ class ThreeConvCNN(nn.Module):
         super().__init__()
         c1, c2, hidden = 32 * width, 64 * width, 128 * width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 3, 2, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
-            nn.Conv2d(c2, c2, 3, 2, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(7), nn.Flatten())
-        self.classifier = nn.Sequential(nn.Linear(c2 * 49, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+            nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c2, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(7),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(c2 * 49, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,8 +314,9 @@ def parse_wrn(name: str) -> tuple[int, int]:
     depth, width = int(match.group(1)), int(match.group(2))
     if depth < 10 or (depth - 4) % 6:
         lower = max(10, depth - (depth - 4) % 6)
-        raise AdvkitError(f"model '{name}': WideResNet depth must be 6n+4 with n >= 1 (e.g. {lower} or {lower + 6}), "
-                          f"got {depth}")
+        raise AdvkitError(
+            f"model '{name}': WideResNet depth must be 6n+4 with n >= 1 (e.g. {lower} or {lower + 6}), got {depth}"
+        )
     if width < 1:
         raise AdvkitError(f"model '{name}': WideResNet width must be at least 1, got {width}")
     return depth, width
@@ -294,7 +343,7 @@ def build_model(name: str, info: DatasetInfo) -> NormalizedModel:
     in_channels, num_classes = info.input_shape[0], info.num_classes
     key = name.strip()
     if key.startswith("timm:"):
-        net = _build_timm(key[len("timm:"):], in_channels, num_classes)
+        net = _build_timm(key[len("timm:") :], in_channels, num_classes)
     else:
         key = key.lower()
         if key == "resnet18":
@@ -312,6 +361,7 @@ def build_model(name: str, info: DatasetInfo) -> NormalizedModel:
         else:
             close = difflib.get_close_matches(key, MODELS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise AdvkitError(f"unknown model '{name}'{hint}; choose one of: {', '.join(MODELS)}, "
-                              f"wrn-<depth>-<width>, or timm:<name>")
+            raise AdvkitError(
+                f"unknown model '{name}'{hint}; choose one of: {', '.join(MODELS)}, wrn-<depth>-<width>, or timm:<name>"
+            )
     return NormalizedModel(net, info.mean, info.std)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .errors import OptionError
 
@@ -49,7 +50,7 @@ class Schedule:
     SHAPES = ("cosine", "linear")
 
     @classmethod
-    def parse(cls, text: Any) -> "Schedule":
+    def parse(cls, text: Any) -> Schedule:
         if isinstance(text, Schedule):
             return text
         if isinstance(text, (int, float)) and not isinstance(text, bool):
@@ -165,16 +166,12 @@ class Option:
                 f"{owner}: option '{self.name}' expects {self.type_name()}, got {value!r} ({exc})"
             ) from None
         if self.choices and parsed not in self.choices:
-            raise OptionError(
-                f"{owner}: option '{self.name}' must be one of {', '.join(self.choices)}, got {parsed!r}"
-            )
+            raise OptionError(f"{owner}: option '{self.name}' must be one of {', '.join(self.choices)}, got {parsed!r}")
         for number in _numbers(parsed):
             if not math.isfinite(number):
                 raise OptionError(f"{owner}: option '{self.name}' must be a finite number, got {value}")
             if not self._in_range(number):
-                raise OptionError(
-                    f"{owner}: option '{self.name}' must lie in {self.range_text()}, got {value}"
-                )
+                raise OptionError(f"{owner}: option '{self.name}' must lie in {self.range_text()}, got {value}")
         return parsed
 
     def _in_range(self, number: float) -> bool:
@@ -198,9 +195,7 @@ def _numbers(value: Any) -> tuple[float, ...]:
     return ()
 
 
-def resolve_options(
-    options: Sequence[Option], given: Mapping[str, Any], owner: str
-) -> dict[str, Any]:
+def resolve_options(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> dict[str, Any]:
     """Defaults overlaid with ``given``; unknown keys and bad values raise OptionError."""
     known = {option.name: option for option in options}
     unknown = sorted(set(given) - set(known))

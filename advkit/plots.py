@@ -17,6 +17,7 @@ from .errors import AdvkitError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from matplotlib.typing import LineStyleType
 
     from .analysis import OutputAnalysis
 
@@ -41,7 +42,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-epoch records a run wrote to ``metrics.jsonl``."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise AdvkitError(f"{run_dir} holds no metrics.jsonl: is it an advkit run directory whose first epoch finished?")
+        raise AdvkitError(
+            f"{run_dir} holds no metrics.jsonl: is it an advkit run directory whose first epoch finished?"
+        )
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
@@ -54,13 +57,22 @@ def overfitting_summary(records: list[dict[str, Any]], key: str = "val_robust_ac
         raise AdvkitError(f"metrics have no '{key}' column")
     best = max(records, key=lambda record: record[key])
     last = records[-1]
-    return {"best_epoch": best["epoch"], "best": best[key], "last_epoch": last["epoch"], "last": last[key],
-            "gap": best[key] - last[key]}
+    return {
+        "best_epoch": best["epoch"],
+        "best": best[key],
+        "last_epoch": last["epoch"],
+        "last": last[key],
+        "gap": best[key] - last[key],
+    }
 
 
 # metrics.jsonl column, line style, legend name of the accuracy panel's curves
-ACCURACY_CURVES = (("val_robust_acc", "-", "robust"), ("val_clean_acc", "--", "clean"),
-                   ("val_wa_robust_acc", ":", "WA robust"), ("val_wa_clean_acc", "-.", "WA clean"))
+ACCURACY_CURVES: tuple[tuple[str, LineStyleType, str], ...] = (
+    ("val_robust_acc", "-", "robust"),
+    ("val_clean_acc", "--", "clean"),
+    ("val_wa_robust_acc", ":", "WA robust"),
+    ("val_wa_clean_acc", "-.", "WA clean"),
+)
 
 
 def training_curves(runs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> dict[str, Any]:
@@ -87,7 +99,7 @@ def curves_figure(runs: list[str | Path], labels: list[str] | None = None) -> tu
     (acc_ax, gap_ax), (loss_ax, lr_ax) = axes
     summaries = {}
     run_handles, styles_used = [], set()
-    for index, (run, label) in enumerate(zip(runs, labels)):
+    for index, (run, label) in enumerate(zip(runs, labels, strict=True)):
         color = f"C{index % 10}"
         records = read_metrics(run)
         epochs = [record["epoch"] for record in records]
@@ -97,8 +109,15 @@ def curves_figure(runs: list[str | Path], labels: list[str] | None = None) -> tu
                 styles_used.add(name)
         summary = overfitting_summary(records)
         summaries[label] = summary
-        acc_ax.plot([summary["best_epoch"]], [100 * summary["best"]], "o", color=color, markerfacecolor="none",
-                    markersize=9, markeredgewidth=1.5)
+        acc_ax.plot(
+            [summary["best_epoch"]],
+            [100 * summary["best"]],
+            "o",
+            color=color,
+            markerfacecolor="none",
+            markersize=9,
+            markeredgewidth=1.5,
+        )
         best_so_far, gaps = -math.inf, []
         for record in records:
             best_so_far = max(best_so_far, record["val_robust_acc"])
@@ -108,28 +127,47 @@ def curves_figure(runs: list[str | Path], labels: list[str] | None = None) -> tu
         # the LR recorded for epoch e is the one of its last step: drawn over the epoch, from e − 1 to e
         lrs = [r["lr"] for r in records]
         lr_ax.plot([epochs[0] - 1, *epochs], [*lrs, lrs[-1]], "-", color=color, drawstyle="steps-post")
-        run_handles.append(Line2D([], [], color=color, linewidth=2.5,
-                                  label=f"{label}: best robust {100 * summary['best']:.2f}% (epoch {summary['best_epoch']}), "
-                                        f"last {100 * summary['last']:.2f}%, gap {100 * summary['gap']:.2f} points"))
+        run_handles.append(
+            Line2D(
+                [],
+                [],
+                color=color,
+                linewidth=2.5,
+                label=f"{label}: best robust {100 * summary['best']:.2f}% (epoch {summary['best_epoch']}), "
+                f"last {100 * summary['last']:.2f}%, gap {100 * summary['gap']:.2f} points",
+            )
+        )
     acc_ax.set(ylabel="validation accuracy (%)", title="validation accuracy (○ best robust)")
     gap_ax.set(ylabel="points", title="best-so-far minus current robust accuracy")
     top = max(1.0, 1.15 * max(line.get_ydata().max() for line in gap_ax.lines))
     gap_ax.set_ylim(-0.03 * top, top)  # a little below 0, so that a run without overfitting stays visible
-    loss_ax.set(xlabel="epoch (x = e: the end of epoch e)", ylabel="training loss (mean over the epoch)", title="training loss")
-    lr_ax.set(xlabel="epoch (x = e: the end of epoch e)", ylabel="learning rate (log scale)", title="learning rate (each epoch's last step)",
-              yscale="log")
+    loss_ax.set(
+        xlabel="epoch (x = e: the end of epoch e)", ylabel="training loss (mean over the epoch)", title="training loss"
+    )
+    lr_ax.set(
+        xlabel="epoch (x = e: the end of epoch e)",
+        ylabel="learning rate (log scale)",
+        title="learning rate (each epoch's last step)",
+        yscale="log",
+    )
     for ax, name in ((acc_ax, "accuracy"), (gap_ax, "gap"), (loss_ax, "train_loss"), (lr_ax, "lr")):
         ax.set_label(name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.grid(alpha=0.15, which="minor")
-    style_handles = [Line2D([], [], linestyle=style, color="black", label=name)
-                     for _, style, name in ACCURACY_CURVES if name in styles_used]
-    style_handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", color="black",
-                                label="best robust epoch"))
+    style_handles = [
+        Line2D([], [], linestyle=style, color="black", label=name)
+        for _, style, name in ACCURACY_CURVES
+        if name in styles_used
+    ]
+    style_handles.append(
+        Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", color="black", label="best robust epoch")
+    )
     figure.legend(handles=style_handles, loc="outside upper center", fontsize="small", ncols=len(style_handles))
     figure.legend(handles=run_handles, loc="outside lower center", fontsize="small")
     return figure, summaries
+
+
 def reliability_diagram(analysis: OutputAnalysis, out: str | Path) -> Path:
     """Write ``reliability_figure`` of ``analysis`` to ``out``."""
     return save_figure(reliability_figure(analysis), out)
@@ -151,27 +189,60 @@ def reliability_figure(analysis: OutputAnalysis) -> Figure:
         edges = bins.edges.numpy()
         width = edges[1] - edges[0]
         filled = (bins.count > 0).numpy()
-        ax.bar(edges[:-1][filled], bins.accuracy[filled].numpy(), width=width, align="edge", edgecolor="black",
-               facecolor="C0", alpha=0.7)
+        ax.bar(
+            edges[:-1][filled],
+            bins.accuracy[filled].numpy(),
+            width=width,
+            align="edge",
+            edgecolor="black",
+            facecolor="C0",
+            alpha=0.7,
+        )
         low = torch.minimum(bins.accuracy, bins.confidence)[filled].numpy()
-        ax.bar(edges[:-1][filled], (bins.confidence - bins.accuracy).abs()[filled].numpy(), bottom=low,
-               width=width, align="edge", facecolor="none", edgecolor="red", hatch="//")
+        ax.bar(
+            edges[:-1][filled],
+            (bins.confidence - bins.accuracy).abs()[filled].numpy(),
+            bottom=low,
+            width=width,
+            align="edge",
+            facecolor="none",
+            edgecolor="red",
+            hatch="//",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{which}: ECE {100 * bins.ece:.2f}%")
         counts = bins.count.numpy()
         count_ax.bar(edges[:-1], counts, width=width, align="edge", facecolor="0.6", edgecolor="black")
-        for left, count in zip(edges[:-1], counts):
+        for left, count in zip(edges[:-1], counts, strict=True):
             if count:
-                count_ax.annotate(f"{count:.0f}", (left + width / 2, count), xytext=(0, 1), textcoords="offset points",
-                                  ha="center", va="bottom", fontsize="x-small")
-        count_ax.set(yscale="log", ylim=(0.5, 4 * max(counts.max(), 1)), xlabel="confidence (max probability)",
-                     ylabel="examples", title=f"examples per bin (n = {counts.sum():.0f}; log scale)")
+                count_ax.annotate(
+                    f"{count:.0f}",
+                    (left + width / 2, count),
+                    xytext=(0, 1),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize="x-small",
+                )
+        count_ax.set(
+            yscale="log",
+            ylim=(0.5, 4 * max(counts.max(), 1)),
+            xlabel="confidence (max probability)",
+            ylabel="examples",
+            title=f"examples per bin (n = {counts.sum():.0f}; log scale)",
+        )
         ax.set_label(which)
         count_ax.set_label(f"{which} counts")
-    figure.legend(handles=[Patch(facecolor="C0", alpha=0.7, edgecolor="black", label="accuracy of the bin"),
-                           Patch(facecolor="none", edgecolor="red", hatch="//", label="gap to its mean confidence"),
-                           Patch(facecolor="0.6", edgecolor="black", label="examples in the bin")],
-                  loc="outside lower center", ncols=3, fontsize="small")
+    figure.legend(
+        handles=[
+            Patch(facecolor="C0", alpha=0.7, edgecolor="black", label="accuracy of the bin"),
+            Patch(facecolor="none", edgecolor="red", hatch="//", label="gap to its mean confidence"),
+            Patch(facecolor="0.6", edgecolor="black", label="examples in the bin"),
+        ],
+        loc="outside lower center",
+        ncols=3,
+        fontsize="small",
+    )
     return figure
 
 
@@ -196,15 +267,25 @@ def entropy_figure(analysis: OutputAnalysis) -> Figure:
     correct = analysis.correct("clean")
     for ax, groups, title in (
         (left, [("correct", clean_entropy[correct]), ("wrong", clean_entropy[~correct])], "clean inputs"),
-        (right, [("clean", clean_entropy), ("adversarial", entropy(analysis.adversarial))]
-         + ([("out-of-distribution", entropy(analysis.ood))] if analysis.ood is not None else []),
-         "clean vs adversarial" + (" vs OOD" if analysis.ood is not None else "")),
+        (
+            right,
+            [("clean", clean_entropy), ("adversarial", entropy(analysis.adversarial))]
+            + ([("out-of-distribution", entropy(analysis.ood))] if analysis.ood is not None else []),
+            "clean vs adversarial" + (" vs OOD" if analysis.ood is not None else ""),
+        ),
     ):
         for index, (name, values) in enumerate(groups):
             if values.numel():
-                ax.hist(values.double().clamp(0.0, top).numpy(), bins=edges, density=True, histtype="step",
-                        linewidth=1.8, color=f"C{index}", linestyle=("-", "--", "-.")[index],
-                        label=f"{name} (n={values.numel()})")
+                ax.hist(
+                    values.double().clamp(0.0, top).numpy(),
+                    bins=edges,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.8,
+                    color=f"C{index}",
+                    linestyle=("-", "--", "-.")[index],
+                    label=f"{name} (n={values.numel()})",
+                )
         ax.axvline(top, color="0.4", linestyle=":", linewidth=1, label=f"maximum entropy, ln {analysis.clean.shape[1]}")
         ax.set(xlabel="entropy (nats)", ylabel="density", title=title)
         ax.set_label(title)

@@ -15,9 +15,10 @@ import difflib
 import importlib.metadata as metadata
 import inspect
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import PluginError
 from .options import Option, resolve_options
@@ -45,7 +46,7 @@ class PluginEntry:
     distribution: str
     version: str
     entry_point: metadata.EntryPoint | None
-    component: type | None = None
+    component: type[Any] | None = None
 
     @property
     def target(self) -> str:
@@ -69,7 +70,7 @@ class Registry:
         every = sorted([*self._entries, *self._registered.values()], key=lambda e: (e.kind, e.name, e.distribution))
         return [entry for entry in every if kind is None or entry.kind == kind]
 
-    def register(self, kind: str, name: str, cls: type) -> "Registration":
+    def register(self, kind: str, name: str, cls: type) -> Registration:
         """Make ``cls``, a class the running script or notebook defines, selectable as ``name`` of ``kind``.
 
         For components that are not worth a distribution (an experiment in a notebook): it lasts until the
@@ -81,23 +82,32 @@ class Registry:
         """
         described = _qualified(cls)
         if kind not in GROUPS:
-            raise PluginError(f"cannot register {described}: unknown component kind '{kind}' (kinds: {', '.join(GROUPS)})")
+            raise PluginError(
+                f"cannot register {described}: unknown component kind '{kind}' (kinds: {', '.join(GROUPS)})"
+            )
         if not _NAME.fullmatch(name):
-            raise PluginError(f"cannot register {kind} {described} as {name!r}: a name is letters, digits, '-' and '_' "
-                              "(no ':' or '.', which the torchattacks:/plugin: prefixes and -o NAME.KEY use)")
+            raise PluginError(
+                f"cannot register {kind} {described} as {name!r}: a name is letters, digits, '-' and '_' "
+                "(no ':' or '.', which the torchattacks:/plugin: prefixes and -o NAME.KEY use)"
+            )
         base = _interface(kind)
         if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise PluginError(f"cannot register {described} as {kind} '{name}': it is not a subclass of "
-                              f"advkit.{base.__name__}")
+            raise PluginError(
+                f"cannot register {described} as {kind} '{name}': it is not a subclass of advkit.{base.__name__}"
+            )
         for entry in self.entries(kind):
             if entry.name != name:
                 continue
             if entry.component is None:
-                raise PluginError(f"cannot register {described} as {kind} '{name}': distribution {entry.distribution} "
-                                  f"{entry.version} already provides that name ({entry.target}); choose another name")
+                raise PluginError(
+                    f"cannot register {described} as {kind} '{name}': distribution {entry.distribution} "
+                    f"{entry.version} already provides that name ({entry.target}); choose another name"
+                )
             if entry.target != described:
-                raise PluginError(f"cannot register {described} as {kind} '{name}': {entry.target} is registered "
-                                  "under that name in this process; choose another name, or remove() that one first")
+                raise PluginError(
+                    f"cannot register {described} as {kind} '{name}': {entry.target} is registered "
+                    "under that name in this process; choose another name, or remove() that one first"
+                )
         self._registered[(kind, name)] = PluginEntry(kind, name, RUNTIME_DISTRIBUTION, "", None, cls)
         return Registration(self, kind, name, cls)
 
@@ -133,9 +143,7 @@ class Registry:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             extra = " or torchattacks:<Name>" if kind == "attack" else ""
-            raise PluginError(
-                f"unknown {kind} '{name}'{hint} (available: {', '.join(known) or 'none'}{extra})"
-            )
+            raise PluginError(f"unknown {kind} '{name}'{hint} (available: {', '.join(known) or 'none'}{extra})")
         if len(matches) > 1:
             claimants = " and ".join(f"{m.distribution} {m.version} ({m.target})" for m in matches)
             raise PluginError(f"{kind} '{name}' is registered by two distributions: {claimants}; uninstall one")
@@ -145,9 +153,10 @@ class Registry:
         import torchattacks
         from torchattacks.attack import Attack as TorchAttack
 
-        class_name = name[len(TORCHATTACKS_PREFIX):]
+        class_name = name[len(TORCHATTACKS_PREFIX) :]
         attack_names = sorted(
-            attr for attr in dir(torchattacks)
+            attr
+            for attr in dir(torchattacks)
             if isinstance(getattr(torchattacks, attr), type)
             and issubclass(getattr(torchattacks, attr), TorchAttack)
             and attr not in ("Attack", "MultiAttack")
@@ -158,7 +167,7 @@ class Registry:
             raise PluginError(f"torchattacks has no attack '{class_name}'{hint}")
         return PluginEntry("attack", name, "torchattacks", metadata.version("torchattacks"), None)
 
-    def load(self, kind: str, name: str) -> type:
+    def load(self, kind: str, name: str) -> type[Any]:
         """Import the selected component's class, checking it implements the interface."""
         entry = self.find(kind, name)
         if entry.component is not None:  # checked when it was registered
@@ -167,7 +176,7 @@ class Registry:
         if entry.entry_point is None:
             import torchattacks
 
-            return getattr(torchattacks, name[len(TORCHATTACKS_PREFIX):])
+            return getattr(torchattacks, name[len(TORCHATTACKS_PREFIX) :])
         try:
             loaded = entry.entry_point.load()
         except Exception as exc:  # any failure inside a third-party module is reported, not raised raw
@@ -181,8 +190,9 @@ class Registry:
                 f"{kind} '{name}' from distribution {entry.distribution} points at {entry.target}, "
                 f"which is not a subclass of advkit.{base.__name__}"
             )
-        loaded.name = name
-        return loaded
+        component: type[Any] = loaded
+        component.name = name
+        return component
 
 
 @dataclass(frozen=True)
@@ -197,11 +207,12 @@ class Registration:
     def remove(self) -> None:
         self.registry._unregister(self.kind, self.name, self.component)
 
-    def __enter__(self) -> "Registration":
+    def __enter__(self) -> Registration:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.remove()
 
 
@@ -224,19 +235,19 @@ def _is_advkit_component(cls: type) -> bool:
     return issubclass(cls, Configurable)
 
 
-def component_options(cls: type) -> tuple[Option, ...]:
+def component_options(cls: type[Any]) -> tuple[Option, ...]:
     """Declared options of an advkit component, or options read off a torchattacks constructor."""
     if _is_advkit_component(cls):
         return tuple(cls.options)
     options = []
-    for param in list(inspect.signature(cls.__init__).parameters.values())[2:]:
+    for param in list(inspect.signature(cls).parameters.values())[1:]:  # after the model
         default = param.default
         if isinstance(default, (bool, int, float, str)):
             options.append(Option(param.name, type(default), default, f"torchattacks {cls.__name__} argument"))
     return tuple(options)
 
 
-def build_attack(cls: type, model: Any, values: Mapping[str, Any]) -> Any:
+def build_attack(cls: type[Any], model: Any, values: Mapping[str, Any]) -> Any:
     """Construct an attack: advkit attacks validate their own options; torchattacks ones are checked here."""
     if _is_advkit_component(cls):
         return cls(model, **values)

@@ -50,18 +50,20 @@ class RunLock:
         except BlockingIOError:
             holder = _holder_text(fd)
             os.close(fd)
-            raise RunDirectoryBusy(f"run directory {self.run_dir} is in use by {holder}; wait for that run to "
-                                   "end (or stop it), or choose another --out") from None
+            raise RunDirectoryBusy(
+                f"run directory {self.run_dir} is in use by {holder}; wait for that run to "
+                "end (or stop it), or choose another --out"
+            ) from None
         except OSError:  # a filesystem without flock: no protection, but no reason to refuse the run either
             pass
         self._fd = fd
         if not name_holder:
             return
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode()
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode()
         with contextlib.suppress(OSError):  # the holder's name is a courtesy; a full disk must not stop here
             os.ftruncate(fd, 0)
-            os.pwrite(fd, holder, 0)
+            os.pwrite(fd, record, 0)
 
     def release(self) -> None:
         if self._fd is not None:

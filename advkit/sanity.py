@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,15 @@ class _PGDAccuracy:
         if (eps, steps) not in self.cache:
             text = f"pgd:steps={steps}"
             ctx = dataclasses.replace(self.ctx, eps=eps)
-            results = run_attacks(ctx, self.x, self.y, [parse_attack(text, ctx.norm)], batch_size=self.batch_size,
-                                  progress=self.progress, keep_adversarial=False)
+            results = run_attacks(
+                ctx,
+                self.x,
+                self.y,
+                [parse_attack(text, ctx.norm)],
+                batch_size=self.batch_size,
+                progress=self.progress,
+                keep_adversarial=False,
+            )
             self.cache[(eps, steps)] = results[text].accuracy
         return self.cache[(eps, steps)]
 
@@ -80,10 +88,12 @@ def unbounded_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
     radius = box_radius(pgd.ctx.norm, tuple(pgd.x.shape[1:]))
     acc = pgd(radius, settings.unbounded_steps)
     return CheckResult(
-        "unbounded attack", acc <= settings.unbounded_max,
+        "unbounded attack",
+        acc <= settings.unbounded_max,
         f"PGD-{settings.unbounded_steps} at ε={radius:.4g} (the whole box): accuracy {100 * acc:.2f}% "
         f"(expected ≤ {100 * settings.unbounded_max:.2f}%)",
-        {"eps": radius, "steps": settings.unbounded_steps, "accuracy": acc, "max_accuracy": settings.unbounded_max})
+        {"eps": radius, "steps": settings.unbounded_steps, "accuracy": acc, "max_accuracy": settings.unbounded_max},
+    )
 
 
 def slack(tolerance: float, n: int) -> float:
@@ -96,13 +106,18 @@ def _rises(values: list[float], allowed: float) -> list[int]:
     return [i for i in range(1, len(values)) if values[i] > values[i - 1] + allowed + 1e-12]
 
 
-def _monotone_check(name: str, axis: str, points: list[Any], accuracies: list[float], tolerance: float,
-                    fmt: Callable[[Any], str]) -> CheckResult:
+def _monotone_check(
+    name: str, axis: str, points: list[Any], accuracies: list[float], tolerance: float, fmt: Callable[[Any], str]
+) -> CheckResult:
     bad = _rises(accuracies, tolerance)
-    curve = ", ".join(f"{fmt(p)}: {100 * a:.2f}%" for p, a in zip(points, accuracies))
+    curve = ", ".join(f"{fmt(p)}: {100 * a:.2f}%" for p, a in zip(points, accuracies, strict=True))
     verdict = "non-increasing" if not bad else "rises at " + ", ".join(f"{axis}={fmt(points[i])}" for i in bad)
-    return CheckResult(name, not bad, f"{verdict} (tolerance {100 * tolerance:.1f} points): {curve}",
-                       {axis: list(points), "accuracy": accuracies, "tolerance": tolerance})
+    return CheckResult(
+        name,
+        not bad,
+        f"{verdict} (tolerance {100 * tolerance:.1f} points): {curve}",
+        {axis: list(points), "accuracy": accuracies, "tolerance": tolerance},
+    )
 
 
 def eps_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
@@ -110,16 +125,28 @@ def eps_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
     radius = box_radius(pgd.ctx.norm, tuple(pgd.x.shape[1:]))
     eps_values = sorted({min(pgd.ctx.eps * factor, radius) for factor in settings.eps_factors})
     accuracies = [pgd(eps, settings.pgd_steps) for eps in eps_values]
-    return _monotone_check(f"accuracy vs ε (PGD-{settings.pgd_steps})", "eps", eps_values, accuracies,
-                           slack(settings.tolerance, pgd.x.shape[0]), lambda eps: f"{eps:.4g}")
+    return _monotone_check(
+        f"accuracy vs ε (PGD-{settings.pgd_steps})",
+        "eps",
+        eps_values,
+        accuracies,
+        slack(settings.tolerance, pgd.x.shape[0]),
+        lambda eps: f"{eps:.4g}",
+    )
 
 
 def steps_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
     """More iterations of the same attack should never help the model."""
     steps = sorted(set(settings.steps))
     accuracies = [pgd(pgd.ctx.eps, k) for k in steps]
-    return _monotone_check(f"accuracy vs PGD steps (ε={pgd.ctx.eps:.4g})", "steps", steps, accuracies,
-                           slack(settings.tolerance, pgd.x.shape[0]), str)
+    return _monotone_check(
+        f"accuracy vs PGD steps (ε={pgd.ctx.eps:.4g})",
+        "steps",
+        steps,
+        accuracies,
+        slack(settings.tolerance, pgd.x.shape[0]),
+        str,
+    )
 
 
 def black_box_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
@@ -134,21 +161,27 @@ def black_box_check(pgd: _PGDAccuracy, settings: SanitySettings) -> CheckResult:
     specs = [parse_attack(f"square:queries={settings.queries}", pgd.ctx.norm)]
     if pgd.ctx.surrogate is not None:
         specs.append(parse_attack(f"transfer:steps={settings.pgd_steps}", pgd.ctx.norm))
-    results = run_attacks(pgd.ctx, pgd.x, pgd.y, margin + specs, batch_size=pgd.batch_size, progress=pgd.progress,
-                          keep_adversarial=False)
+    results = run_attacks(
+        pgd.ctx, pgd.x, pgd.y, margin + specs, batch_size=pgd.batch_size, progress=pgd.progress, keep_adversarial=False
+    )
     white.update({f"cw-{settings.pgd_steps}": results[spec.text].accuracy for spec in margin})
     best_white = min(white.values())
     black = {spec.name: results[spec.text].accuracy for spec in specs}
     allowed = slack(settings.tolerance, pgd.x.shape[0])
     stronger = [name for name, acc in black.items() if acc < best_white - allowed - 1e-12]
     parts = ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in black.items())
-    verdict = ("black-box not stronger" if not stronger
-               else f"{' and '.join(stronger)} beat{'s' if len(stronger) == 1 else ''}")
+    verdict = (
+        "black-box not stronger"
+        if not stronger
+        else f"{' and '.join(stronger)} beat{'s' if len(stronger) == 1 else ''}"
+    )
     return CheckResult(
-        "black box vs white box", not stronger,
+        "black box vs white box",
+        not stronger,
         f"{verdict}: {parts} vs best white-box ({', '.join(white)}) {100 * best_white:.2f}% "
         f"(tolerance {100 * allowed:.1f} points)",
-        {"white_box": white, "black_box": black, "queries": settings.queries, "tolerance": allowed})
+        {"white_box": white, "black_box": black, "queries": settings.queries, "tolerance": allowed},
+    )
 
 
 def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -161,8 +194,9 @@ def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lo
     return grad
 
 
-def gradient_check(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                   settings: SanitySettings) -> CheckResult:
+def gradient_check(
+    ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, batch_size: int, settings: SanitySettings
+) -> CheckResult:
     """Zero gradients leave gradient attacks blind (quantised or saturated models); NaN/Inf break them.
 
     Both the cross-entropy (what PGD ascends) and the CW margin (which never saturates) are checked.
@@ -171,15 +205,25 @@ def gradient_check(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, batch_s
     numbers: dict[str, Any] = {"max_zero_fraction": settings.zero_gradient_max}
     problems, details = [], []
     for loss in ("ce", "cw"):
-        norms = torch.cat([
-            input_gradients(ctx.model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device), loss)
-            .flatten(1).norm(dim=1).cpu() for i in range(0, x.shape[0], batch_size)])
+        norms = torch.cat(
+            [
+                input_gradients(ctx.model, x[i : i + batch_size].to(device), y[i : i + batch_size].to(device), loss)
+                .flatten(1)
+                .norm(dim=1)
+                .cpu()
+                for i in range(0, x.shape[0], batch_size)
+            ]
+        )
         non_finite = int((~torch.isfinite(norms)).sum())
         zero = int((norms == 0).sum())
         finite = norms[torch.isfinite(norms)]
         median = float(finite.median()) if finite.numel() else math.nan
-        numbers[loss] = {"zero": zero, "non_finite": non_finite, "n": int(norms.numel()),
-                         "median_norm": median if finite.numel() else None}
+        numbers[loss] = {
+            "zero": zero,
+            "non_finite": non_finite,
+            "n": int(norms.numel()),
+            "median_norm": median if finite.numel() else None,
+        }
         details.append(f"{loss}: {zero} zero, {non_finite} NaN/Inf, median ‖∇x‖ {median:.3g}")
         if non_finite:
             problems.append(f"{non_finite} NaN/Inf {loss} gradients")
@@ -190,8 +234,15 @@ def gradient_check(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, batch_s
     return CheckResult("input gradients", not problems, prefix + summary, numbers)
 
 
-def run_sanity_checks(ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
-                      settings: SanitySettings | None = None, progress: bool = False) -> list[CheckResult]:
+def run_sanity_checks(
+    ctx: AttackContext,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    settings: SanitySettings | None = None,
+    progress: bool = False,
+) -> list[CheckResult]:
     """All checks on the same examples; PGD runs shared between checks are computed once."""
     settings = settings or SanitySettings()
     pgd = _PGDAccuracy(ctx, x, y, batch_size, progress)
@@ -210,8 +261,12 @@ def format_checks(results: list[CheckResult], header: str) -> str:
     lines = [header]
     lines += [f"{'PASS' if r.passed else 'FAIL'}  {r.name.ljust(width)}  {r.summary}" for r in results]
     failed = sum(not r.passed for r in results)
-    lines.append("all checks passed" if not failed else f"{failed} of {len(results)} checks failed: "
-                 "the robustness numbers of this model may be inflated by gradient masking")
+    lines.append(
+        "all checks passed"
+        if not failed
+        else f"{failed} of {len(results)} checks failed: "
+        "the robustness numbers of this model may be inflated by gradient masking"
+    )
     return "\n".join(lines)
 
 
@@ -222,14 +277,27 @@ def format_checks_markdown(results: list[CheckResult], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-def sanity_for_checkpoint(target: str | Path, settings: SanitySettings | None = None, *, batch_size: int = 256,
-                          progress: bool = False, **setup: Any) -> dict[str, Any]:
+def sanity_for_checkpoint(
+    target: str | Path,
+    settings: SanitySettings | None = None,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+    **setup: Any,
+) -> dict[str, Any]:
     """Run every check on a checkpoint; ``setup`` takes ``prepare_evaluation``'s keywords (eps, norm, …)."""
     settings = settings or SanitySettings()
     loaded, ctx = prepare_evaluation(target, **setup)
     checks = run_sanity_checks(ctx, loaded.x, loaded.y, batch_size=batch_size, settings=settings, progress=progress)
-    return {"header": loaded.header(ctx), "checkpoint": str(loaded.path), "dataset": loaded.info.name,
-            "n_examples": int(loaded.y.shape[0]), "eps": ctx.eps, "norm": ctx.norm, "seed": ctx.seed,
-            "settings": dataclasses.asdict(settings), "passed": all(check.passed for check in checks),
-            "checks": checks}
+    return {
+        "header": loaded.header(ctx),
+        "checkpoint": str(loaded.path),
+        "dataset": loaded.info.name,
+        "n_examples": int(loaded.y.shape[0]),
+        "eps": ctx.eps,
+        "norm": ctx.norm,
+        "seed": ctx.seed,
+        "settings": dataclasses.asdict(settings),
+        "passed": all(check.passed for check in checks),
+        "checks": checks,
+    }

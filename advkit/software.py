@@ -26,10 +26,16 @@ def _version(distribution: str) -> str | None:
 def git_commit(folder: Path) -> str | None:
     """The commit of the git checkout holding ``folder`` (``+dirty`` with uncommitted changes), if any."""
     try:
-        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if dirty else commit or None
@@ -42,8 +48,13 @@ def software_versions(device: Any = None) -> dict[str, Any]:
 
     from .registry import default_registry
 
-    plugins = sorted({(entry.distribution, entry.version) for entry in default_registry().entries()
-                      if entry.distribution not in ("advkit", "torchattacks") and entry.component is None})
+    plugins = sorted(
+        {
+            (entry.distribution, entry.version)
+            for entry in default_registry().entries()
+            if entry.distribution not in ("advkit", "torchattacks") and entry.component is None
+        }
+    )
     record: dict[str, Any] = {
         "python": sys.version.split()[0],
         "advkit": _version("advkit"),

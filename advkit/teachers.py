@@ -37,9 +37,16 @@ TIMM_PREFIX = "timm:"
 DEFAULT_THREAT = "Linf"
 
 
-def load_teacher(spec: str, info: Any, device: torch.device | str, *, arch: str | None = None,
-                 data_dir: str | Path = "data", cache_dir: str | Path | None = None,
-                 download: bool = False) -> nn.Module:
+def load_teacher(
+    spec: str,
+    info: Any,
+    device: torch.device | str,
+    *,
+    arch: str | None = None,
+    data_dir: str | Path = "data",
+    cache_dir: str | Path | None = None,
+    download: bool = False,
+) -> nn.Module:
     """Load the teacher ``spec`` for a run on the dataset ``info`` (a ``DatasetInfo``); frozen, on ``device``.
 
     ``cache_dir`` holds RobustBench checkpoints (default ``{data_dir}/robustbench``); ``download`` lets
@@ -47,9 +54,9 @@ def load_teacher(spec: str, info: Any, device: torch.device | str, *, arch: str 
     """
     if spec.startswith(ROBUSTBENCH_PREFIX):
         cache = Path(cache_dir) if cache_dir is not None else Path(data_dir) / "robustbench"
-        model = _robustbench_teacher(spec[len(ROBUSTBENCH_PREFIX):], info, cache, download)
+        model = _robustbench_teacher(spec[len(ROBUSTBENCH_PREFIX) :], info, cache, download)
     elif spec.startswith(TIMM_PREFIX):
-        name, _, file = spec[len(TIMM_PREFIX):].partition("@")
+        name, _, file = spec[len(TIMM_PREFIX) :].partition("@")
         model = _file_teacher(Path(file), info, f"timm:{name}") if file else _timm_pretrained(name, spec)
     else:
         model = _path_teacher(Path(spec), info, arch)
@@ -72,18 +79,22 @@ def check_compatible(model: nn.Module, info: Any, spec: str, device: torch.devic
         with torch.no_grad():
             logits = model(probe)
     except RuntimeError as exc:
-        raise AdvkitError(f"teacher {spec} cannot take {info.name} images of shape {tuple(info.input_shape)}: "
-                          f"{_first_line(exc)}") from None
+        raise AdvkitError(
+            f"teacher {spec} cannot take {info.name} images of shape {tuple(info.input_shape)}: {_first_line(exc)}"
+        ) from None
     classes = logits.shape[-1] if logits.dim() == 2 else None
     if classes != info.num_classes:
         got = f"{classes} classes" if classes is not None else f"outputs of shape {tuple(logits.shape)}"
-        raise AdvkitError(f"teacher {spec} predicts {got}, but {info.name} has {info.num_classes}; "
-                          "use a teacher trained on this dataset")
+        raise AdvkitError(
+            f"teacher {spec} predicts {got}, but {info.name} has {info.num_classes}; "
+            "use a teacher trained on this dataset"
+        )
 
 
 # --------------------------------------------------------------------------------------------- RobustBench
-def robustbench_checkpoint_paths(cache: Path, dataset: str, threat: str, name: str,
-                                 ensemble_size: int = 0) -> list[Path]:
+def robustbench_checkpoint_paths(
+    cache: Path, dataset: str, threat: str, name: str, ensemble_size: int = 0
+) -> list[Path]:
     """Where RobustBench's ``load_model`` looks for a zoo checkpoint (ensembles: one file per member)."""
     base = cache / dataset / threat / f"{name}.pt"
     if ensemble_size:
@@ -100,15 +111,19 @@ def _robustbench_teacher(rest: str, info: Any, cache: Path, download: bool) -> n
 
     parts = rest.split("/")
     if len(parts) > 3 or not all(parts):
-        raise AdvkitError(f"--teacher robustbench:{rest}: expected robustbench:NAME, robustbench:DATASET/NAME "
-                          "or robustbench:DATASET/THREAT/NAME")
+        raise AdvkitError(
+            f"--teacher robustbench:{rest}: expected robustbench:NAME, robustbench:DATASET/NAME "
+            "or robustbench:DATASET/THREAT/NAME"
+        )
     name = parts[-1]
     dataset = parts[0] if len(parts) >= 2 else info.name
     threat = parts[1] if len(parts) == 3 else DEFAULT_THREAT
     datasets = [d.value for d in BenchmarkDataset]
     if dataset not in datasets:
-        raise AdvkitError(f"RobustBench has no model zoo for dataset '{dataset}' (it has {', '.join(datasets)}); "
-                          f"name one explicitly, e.g. robustbench:cifar10/{name}")
+        raise AdvkitError(
+            f"RobustBench has no model zoo for dataset '{dataset}' (it has {', '.join(datasets)}); "
+            f"name one explicitly, e.g. robustbench:cifar10/{name}"
+        )
     threats = [t.value for t in model_dicts[BenchmarkDataset(dataset)]]
     if threat not in threats:
         raise AdvkitError(f"RobustBench has no '{threat}' models for {dataset} (it has {', '.join(threats)})")
@@ -122,21 +137,28 @@ def _robustbench_teacher(rest: str, info: Any, cache: Path, download: bool) -> n
     # RobustBench serves a few zoo entries through timm from the Hugging Face hub instead of a file.
     if timm.is_model(f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"):
         if not download:
-            raise AdvkitError(f"{spec} is served through timm from the Hugging Face hub, not from a file; pass "
-                              "--download (with HF_HUB_OFFLINE=1 it is read from the Hugging Face cache)")
+            raise AdvkitError(
+                f"{spec} is served through timm from the Hugging Face hub, not from a file; pass "
+                "--download (with HF_HUB_OFFLINE=1 it is read from the Hugging Face cache)"
+            )
         missing = []
     else:
         gdrive = zoo[name]["gdrive_id"]
-        paths = robustbench_checkpoint_paths(cache, dataset, threat, name,
-                                             len(gdrive) if isinstance(gdrive, list) else 0)
+        paths = robustbench_checkpoint_paths(
+            cache, dataset, threat, name, len(gdrive) if isinstance(gdrive, list) else 0
+        )
         missing = [path for path in paths if not path.is_file()]
     if missing and not download:
-        raise AdvkitError(f"{spec} is not in the teacher cache: put its RobustBench checkpoint at {missing[0]} "
-                          "(the file robustbench.utils.load_model saves under its model_dir), choose the cache "
-                          "with --teacher-cache, or pass --download to fetch it")
+        raise AdvkitError(
+            f"{spec} is not in the teacher cache: put its RobustBench checkpoint at {missing[0]} "
+            "(the file robustbench.utils.load_model saves under its model_dir), choose the cache "
+            "with --teacher-cache, or pass --download to fetch it"
+        )
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
-        raise AdvkitError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, so RobustBench's torch.load could run code "
-                          "from a checkpoint; unset it to load a RobustBench teacher")
+        raise AdvkitError(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, so RobustBench's torch.load could run code "
+            "from a checkpoint; unset it to load a RobustBench teacher"
+        )
     try:
         return load_model(name, model_dir=str(cache), dataset=dataset, threat_model=threat)
     except Exception as exc:  # gdown, requests, huggingface_hub, torch.load and load_state_dict fail with many types
@@ -145,8 +167,9 @@ def _robustbench_teacher(rest: str, info: Any, cache: Path, download: bool) -> n
             raise load_failure(exc, f"{spec}: cached checkpoint", file) from None
         reason = f"{type(exc).__name__}: {_first_line(exc)}"
         if missing:
-            raise AdvkitError(f"{spec} could not be downloaded ({reason}); put its checkpoint at {missing[0]} "
-                              "instead") from None
+            raise AdvkitError(
+                f"{spec} could not be downloaded ({reason}); put its checkpoint at {missing[0]} instead"
+            ) from None
         raise AdvkitError(f"{spec} could not be loaded from the teacher cache {cache}: {reason}") from None
 
 
@@ -176,13 +199,17 @@ def _timm_pretrained(name: str, spec: str) -> nn.Module:
         raise AdvkitError(f"--teacher {spec}: timm has no model '{name}'{hint}")
     problem = timm_hub_problem()
     if problem is not None:
-        raise AdvkitError(f"--teacher {spec}: timm's pretrained weights come through the Hugging Face hub, and {problem}; "
-                          f"or give a weights file: timm:{name}@FILE")
+        raise AdvkitError(
+            f"--teacher {spec}: timm's pretrained weights come through the Hugging Face hub, and {problem}; "
+            f"or give a weights file: timm:{name}@FILE"
+        )
     try:
         network = timm.create_model(name, pretrained=True)
     except Exception as exc:  # hub errors come in many types (offline, missing weights, gated repos)
-        raise AdvkitError(f"--teacher {spec}: timm could not load pretrained weights ({_first_line(exc)}); "
-                          f"offline, give a weights file instead: timm:{name}@FILE") from None
+        raise AdvkitError(
+            f"--teacher {spec}: timm could not load pretrained weights ({_first_line(exc)}); "
+            f"offline, give a weights file instead: timm:{name}@FILE"
+        ) from None
     config = network.pretrained_cfg
     return NormalizedModel(network, tuple(config["mean"]), tuple(config["std"]))
 
@@ -195,14 +222,18 @@ def _path_teacher(path: Path, info: Any, arch: str | None) -> nn.Module:
             raise AdvkitError(f"teacher directory {path} holds no best.pt or last.pt (is it an advkit run directory?)")
         return _advkit_teacher(checkpoint, info)
     if not path.exists():
-        raise AdvkitError(f"teacher {path} not found; expected robustbench:NAME, timm:NAME, an advkit run "
-                          "directory or a checkpoint file")
+        raise AdvkitError(
+            f"teacher {path} not found; expected robustbench:NAME, timm:NAME, an advkit run "
+            "directory or a checkpoint file"
+        )
     state = safe_load(path, "teacher checkpoint")
     if isinstance(state, dict) and "model" in state and "dataset_info" in state:
         return _advkit_teacher(path, info)
     if arch is None:
-        raise AdvkitError(f"teacher {path} is a plain state_dict: name its architecture with --teacher-arch "
-                          "(e.g. resnet18, wrn-34-10, small-cnn)")
+        raise AdvkitError(
+            f"teacher {path} is a plain state_dict: name its architecture with --teacher-arch "
+            "(e.g. resnet18, wrn-34-10, small-cnn)"
+        )
     return _load_weights(build_model(arch, info), state, path, arch)
 
 
@@ -213,13 +244,15 @@ def _file_teacher(path: Path, info: Any, arch: str) -> nn.Module:
 def _advkit_teacher(path: Path, info: Any) -> nn.Module:
     model, _, teacher_info = load_trained_model(path)
     if tuple(teacher_info.input_shape) != tuple(info.input_shape) or teacher_info.num_classes != info.num_classes:
-        raise AdvkitError(f"teacher {path} was trained on {teacher_info.name} ({teacher_info.num_classes} classes, "
-                          f"inputs {tuple(teacher_info.input_shape)}), which does not match {info.name} "
-                          f"({info.num_classes} classes, inputs {tuple(info.input_shape)})")
+        raise AdvkitError(
+            f"teacher {path} was trained on {teacher_info.name} ({teacher_info.num_classes} classes, "
+            f"inputs {tuple(teacher_info.input_shape)}), which does not match {info.name} "
+            f"({info.num_classes} classes, inputs {tuple(info.input_shape)})"
+        )
     return model
 
 
-def _load_weights(model: nn.Module, state: Any, path: Path, arch: str) -> nn.Module:
+def _load_weights(model: NormalizedModel, state: Any, path: Path, arch: str) -> NormalizedModel:
     """Load a plain state_dict (optionally under 'state_dict' or 'model', 'module.' prefixes stripped).
 
     The weights may be the whole advkit model or only its network (then they are assumed trained on

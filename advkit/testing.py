@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ class LogitModel(nn.Module):
 
 def kl_by_hand(p: Sequence[float], q: Sequence[float]) -> float:
     """Σ p log(p / q) in plain floats (terms with p = 0 count as 0)."""
-    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True) if a > 0)
 
 
 def train_digits(out_dir: str | Path, objective: str = "standard", **settings: Any) -> Path:
@@ -53,15 +54,25 @@ def train_digits(out_dir: str | Path, objective: str = "standard", **settings: A
     from .config import TrainConfig
     from .train import Trainer
 
-    values: dict[str, Any] = dict(dataset="digits", model="small-cnn", objective=objective, eps=0.1, epochs=1,
-                                  batch_size=64, lr=0.05, val_steps=1, device="cpu")
+    values: dict[str, Any] = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective=objective,
+        eps=0.1,
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+        val_steps=1,
+        device="cpu",
+    )
     values.update(settings)
     Trainer(TrainConfig(**values), out_dir, progress=False).fit()
     return Path(out_dir)
 
 
-def straight_and_resumed(config: "TrainConfig", out_dir: str | Path, stop_after_steps: int,
-                         registry: "Registry | None" = None) -> tuple["Trainer", "Trainer"]:
+def straight_and_resumed(
+    config: TrainConfig, out_dir: str | Path, stop_after_steps: int, registry: Registry | None = None
+) -> tuple[Trainer, Trainer]:
     """Train ``config`` straight through (``out_dir/straight``), and again stopped after ``stop_after_steps``
     optimizer steps (a mid-epoch checkpoint when it falls inside an epoch) and resumed (``out_dir/resumed``).
 

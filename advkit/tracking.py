@@ -19,9 +19,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -86,8 +87,11 @@ def flat_hparams(settings: Mapping[str, Any], prefix: str = "") -> dict[str, boo
 
 def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """The numeric, finite values of a record except its epoch (the x axis)."""
-    return {key: float(value) for key, value in record.items()
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    return {
+        key: float(value)
+        for key, value in record.items()
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def _last_epoch(run: TrackedRun) -> int:
@@ -123,8 +127,12 @@ class CsvLogger:
         writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:  # a non-finite value is an empty cell, as it is null in metrics.jsonl
-            writer.writerow({key: None if isinstance(value, float) and not math.isfinite(value) else value
-                             for key, value in row.items()})
+            writer.writerow(
+                {
+                    key: None if isinstance(value, float) and not math.isfinite(value) else value
+                    for key, value in row.items()
+                }
+            )
         atomic_write_text(text.getvalue(), self.path)
 
     def log_step(self, values: Mapping[str, float], step: int) -> None:
@@ -147,8 +155,11 @@ class StepsLogger:
     def __init__(self, run: TrackedRun) -> None:
         self.path = run.directory / STEPS_FILE
         if self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if _step_of(line) is not None and _step_of(line) <= run.steps_done]
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if (step := _step_of(line)) is not None and step <= run.steps_done
+            ]
             atomic_write_text("".join(line + "\n" for line in kept), self.path)
         self.file = self.path.open("a", encoding="utf-8")
 
@@ -206,8 +217,10 @@ class TensorBoardLogger:
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         tags = {f"hparams/{key}": value for key, value in metrics.items()}
+        file_writer = self.writer.file_writer
+        assert file_writer is not None, "SummaryWriter opens its file writer on construction"
         for summary in hparams_summaries(flat_hparams(hparams), tags):  # the HParams tab reads the tags' scalars
-            self.writer.file_writer.add_summary(summary)
+            file_writer.add_summary(summary)
         for tag, value in tags.items():
             self.writer.add_scalar(tag, value, self.last_epoch)
         self.writer.flush()
@@ -231,10 +244,14 @@ class WandbLogger:
 
         id_path = run.directory / "wandb" / self.ID_FILE
         fresh = not id_path.is_file()
-        self.run = wandb.init(dir=str(run.directory), id=None if fresh else id_path.read_text(encoding="utf-8").strip(),
-                              resume=None if fresh else "allow", name=run.directory.name,
-                              project=os.environ.get("WANDB_PROJECT") or "advkit",
-                              settings=wandb.Settings(console="off"))  # leave advkit's stdout and stderr alone
+        self.run = wandb.init(
+            dir=str(run.directory),
+            id=None if fresh else id_path.read_text(encoding="utf-8").strip(),
+            resume=None if fresh else "allow",
+            name=run.directory.name,
+            project=os.environ.get("WANDB_PROJECT") or "advkit",
+            settings=wandb.Settings(console="off"),
+        )  # leave advkit's stdout and stderr alone
         if fresh:
             atomic_write_text(self.run.id + "\n", id_path)
         self.run.define_metric("epoch")
@@ -287,8 +304,11 @@ class MlflowLogger:
         saved = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
         fresh = saved.get("tracking_uri") != self.uri
         if fresh:
-            self.run_id = self.client.create_run(self._experiment_id(run.directory), run_name=run.directory.name,
-                                                 tags={"advkit.run_dir": str(run.directory.resolve())}).info.run_id
+            self.run_id = self.client.create_run(
+                self._experiment_id(run.directory),
+                run_name=run.directory.name,
+                tags={"advkit.run_dir": str(run.directory.resolve())},
+            ).info.run_id
             atomic_write_text(json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}) + "\n", state_path)
         else:
             self.run_id = saved["run_id"]
@@ -303,7 +323,9 @@ class MlflowLogger:
         if experiment is not None:
             return experiment.experiment_id
         # In the run's own database the artifacts belong beside it, not in the working directory's ./mlruns.
-        location = (run_dir / "mlflow-artifacts").resolve().as_uri() if self.uri == default_mlflow_uri(run_dir) else None
+        location = (
+            (run_dir / "mlflow-artifacts").resolve().as_uri() if self.uri == default_mlflow_uri(run_dir) else None
+        )
         return self.client.create_experiment(name, artifact_location=location)
 
     def _log(self, values: Mapping[str, float], step: int) -> None:
@@ -323,7 +345,9 @@ class MlflowLogger:
         from mlflow.entities import Param
 
         # Logging a parameter again with the same value is allowed; the settings here cannot change on resume.
-        self.client.log_batch(self.run_id, params=[Param(key, str(value)) for key, value in flat_hparams(hparams).items()])
+        self.client.log_batch(
+            self.run_id, params=[Param(key, str(value)) for key, value in flat_hparams(hparams).items()]
+        )
         self._log(dict(metrics), self.last_epoch)
 
     def close(self) -> None:
@@ -424,7 +448,9 @@ class StepWindow:
 
     def load(self, saved: Mapping[str, torch.Tensor], device: torch.device, *, holds_totals: bool) -> None:
         """Continue a checkpoint's window: one process holds the totals, the others start from zeros."""
-        self.sums = {name: (value if holds_totals else torch.zeros_like(value)).to(device) for name, value in saved.items()}
+        self.sums = {
+            name: (value if holds_totals else torch.zeros_like(value)).to(device) for name, value in saved.items()
+        }
 
     def take(self, sum_in_place: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
         """The window's means (loss and accuracy per example, metrics per step), and a fresh window."""
@@ -433,8 +459,8 @@ class StepWindow:
         flat = sum_in_place(torch.cat(parts)).tolist()
         self.sums = {}
         sums, start = {}, 0
-        for name, part in zip(names, parts):
-            sums[name], start = flat[start:start + part.numel()], start + part.numel()
+        for name, part in zip(names, parts, strict=True):
+            sums[name], start = flat[start : start + part.numel()], start + part.numel()
         loss, correct, count = sums.pop("train")
         values = {"loss": loss / count, "acc": correct / count}
         values.update({name: total / steps for name, (total, steps) in sums.items() if steps})

@@ -20,8 +20,9 @@ here synchronises with the host.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -42,14 +43,16 @@ class WeightUpdate(Protocol):
     def step(self, ctx: StepContext, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor: ...
 
 
-def layerwise_relative(directions: list[torch.Tensor], weights: list[torch.Tensor], radius: float) -> list[torch.Tensor]:
+def layerwise_relative(
+    directions: list[torch.Tensor], weights: list[torch.Tensor], radius: float
+) -> list[torch.Tensor]:
     """radius·‖w‖/(‖d‖ + 1e-20)·d per tensor: a step whose size is relative to each layer's weight norm."""
     weight_norms = torch._foreach_norm(weights)
     direction_norms = torch._foreach_norm(directions)
     torch._foreach_add_(direction_norms, _EPS)
     ratios = torch._foreach_div(weight_norms, direction_norms)
     torch._foreach_mul_(ratios, radius)
-    return torch._foreach_mul(directions, ratios)
+    return list(torch._foreach_mul(directions, ratios))
 
 
 @contextmanager
@@ -67,8 +70,9 @@ def _objective_on(ctx: StepContext, model: nn.Module) -> Iterator[None]:
 def frozen_running_stats(model: nn.Module) -> Iterator[None]:
     """BatchNorm momentum 0: a forward in train mode still normalises by batch statistics but leaves the
     running statistics as they were (ADR's ``bypass_bn``)."""
-    norms = [(module, module.momentum) for module in model.modules()
-             if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    norms = [
+        (module, module.momentum) for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
     for module, _ in norms:
         module.momentum = 0.0
     try:
@@ -85,8 +89,14 @@ class AdversarialWeightPerturbation:
     the layer-wise normalisation. No perturbation before epoch ``warmup_epochs`` (0-based).
     """
 
-    def __init__(self, base: WeightUpdate, gamma: float, warmup_epochs: int = 0, proxy_lr: float = 0.01,
-                 mean_over_ranks: Callable[[list[torch.Tensor]], None] | None = None) -> None:
+    def __init__(
+        self,
+        base: WeightUpdate,
+        gamma: float,
+        warmup_epochs: int = 0,
+        proxy_lr: float = 0.01,
+        mean_over_ranks: Callable[[list[torch.Tensor]], None] | None = None,
+    ) -> None:
         self.base = base
         self.mean_over_ranks = mean_over_ranks
         self.model, self.optimizer, self.scaler = base.model, base.optimizer, base.scaler
@@ -97,8 +107,8 @@ class AdversarialWeightPerturbation:
         self._model_state = list(self.model.state_dict(keep_vars=True).values())
         self._proxy_state = list(self.proxy.state_dict(keep_vars=True).values())
         perturbed = {name for name, p in self.model.named_parameters() if "weight" in name and p.dim() > 1}
-        self._weights = [p for name, p in self.model.named_parameters() if name in perturbed]
-        self._proxy_weights = [p for name, p in self.proxy.named_parameters() if name in perturbed]
+        self._weights: list[torch.Tensor] = [p for name, p in self.model.named_parameters() if name in perturbed]
+        self._proxy_weights: list[torch.Tensor] = [p for name, p in self.proxy.named_parameters() if name in perturbed]
 
     def perturbation(self, ctx: StepContext, compute_loss: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
         """γ·v for each conv/linear weight, from one ascent step of the proxy on the objective's loss."""
@@ -113,7 +123,7 @@ class AdversarialWeightPerturbation:
             self.mean_over_ranks([p.grad for p in self.proxy.parameters() if p.grad is not None])
         self.proxy_optimizer.step()
         with torch.no_grad():
-            difference = torch._foreach_sub(self._proxy_weights, self._weights)
+            difference = list(torch._foreach_sub(self._proxy_weights, self._weights))
             return layerwise_relative(difference, self._weights, self.gamma)
 
     def step(self, ctx: StepContext, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -151,10 +161,11 @@ class SharpnessAwarePerturbation:
         loss = compute_loss()
         self._backward(loss)
         logits = ctx.logits_for_accuracy
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params: list[torch.Tensor] = [p for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
         with torch.no_grad():
             saved = torch._foreach_mul(params, 1.0)
-            torch._foreach_add_(params, layerwise_relative([p.grad for p in params], params, self.rho))
+            torch._foreach_add_(params, layerwise_relative(grads, params, self.rho))
         with frozen_running_stats(self.model):
             self._backward(compute_loss())
         with torch.no_grad():
@@ -165,8 +176,13 @@ class SharpnessAwarePerturbation:
         return loss
 
 
-def weight_update(base: WeightUpdate, awp: float | None, variant: str = "official", warmup_epochs: int = 0,
-                  mean_over_ranks: Callable[[list[torch.Tensor]], None] | None = None) -> WeightUpdate:
+def weight_update(
+    base: WeightUpdate,
+    awp: float | None,
+    variant: str = "official",
+    warmup_epochs: int = 0,
+    mean_over_ranks: Callable[[list[torch.Tensor]], None] | None = None,
+) -> WeightUpdate:
     """The update rule a run asked for: ``base`` itself without ``--awp``, else the named variant around it.
 
     ``mean_over_ranks`` averages gradients that no DDP backward reduced (AWP's proxy) under data parallelism;

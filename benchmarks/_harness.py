@@ -12,8 +12,8 @@ import argparse
 import pickle
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -27,8 +27,10 @@ def synthetic_cifar10(root: Path, images: int) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 256, (images, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, images).tolist()}
+        batch = {
+            "data": rng.integers(0, 256, (images, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, images).tolist(),
+        }
         (folder / name).write_bytes(pickle.dumps(batch))
 
 
@@ -54,8 +56,16 @@ def synthetic_trainer(root: Path, name: str, args: argparse.Namespace, **setting
     data = root / "data"
     if not data.exists():
         synthetic_cifar10(data, images=2 * args.batch_size)
-    config = TrainConfig(dataset="cifar10", data_dir=str(data), batch_size=args.batch_size, epochs=1,
-                         val_size=args.batch_size, device=args.device, seed=0, **settings)
+    config = TrainConfig(
+        dataset="cifar10",
+        data_dir=str(data),
+        batch_size=args.batch_size,
+        epochs=1,
+        val_size=args.batch_size,
+        device=args.device,
+        seed=0,
+        **settings,
+    )
     return Trainer(config, root / name, progress=False)
 
 
@@ -65,7 +75,7 @@ def interleaved_times(work: dict[str, Callable[[], object]], repeats: int, devic
     clock = time.perf_counter if cuda else time.process_time
     times: dict[str, list[float]] = {name: [] for name in work}
     for repeat in range(repeats + 1):
-        for name, run in (list(work.items()) if repeat % 2 == 0 else list(reversed(work.items()))):
+        for name, run in list(work.items()) if repeat % 2 == 0 else list(reversed(work.items())):
             if cuda:
                 torch.cuda.synchronize()
             started = clock()
@@ -77,19 +87,26 @@ def interleaved_times(work: dict[str, Callable[[], object]], repeats: int, devic
     return times
 
 
-def step_times(variants: dict[str, dict[str, object]], args: argparse.Namespace, **common: object) -> dict[str, list[float]]:
+def step_times(
+    variants: dict[str, dict[str, object]], args: argparse.Namespace, **common: object
+) -> dict[str, list[float]]:
     """Interleaved ``Trainer.train_step`` times of one trainer per variant (settings over ``common``), all on
     the same first batch of a synthetic CIFAR-10 folder."""
     from advkit import Progress
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: synthetic_trainer(Path(tmp), f"run{i}", args, **{**common, **variant})
-                    for i, (name, variant) in enumerate(variants.items())}
+        trainers = {
+            name: synthetic_trainer(Path(tmp), f"run{i}", args, **{**common, **variant})
+            for i, (name, variant) in enumerate(variants.items())
+        }
         x, y = next(iter(next(iter(trainers.values())).train_loader))
         progress = Progress(0, 0, 100, 10)
         # .item() waits for the step to finish (benchmark only; the trainer never syncs per step)
-        return interleaved_times({name: (lambda t=trainer: t.train_step(x, y, progress)[0].item())
-                                  for name, trainer in trainers.items()}, args.repeats, args.device)
+        return interleaved_times(
+            {name: (lambda t=trainer: t.train_step(x, y, progress)[0].item()) for name, trainer in trainers.items()},
+            args.repeats,
+            args.device,
+        )
 
 
 def clock_name(device: str) -> str:

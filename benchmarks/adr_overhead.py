@@ -32,14 +32,18 @@ def main() -> None:
 
     times = step_times(VARIANTS, args, model=args.model, objective="at")
 
-    print(f"{args.model}, 32×32, batch {args.batch_size}, PGD-10 AT step, {args.device}, {args.threads} thread(s), "
-          f"{args.repeats} interleaved steps each ({clock_name(args.device)}; the minimum resists interference)")
+    print(
+        f"{args.model}, 32×32, batch {args.batch_size}, PGD-10 AT step, {args.device}, {args.threads} thread(s), "
+        f"{args.repeats} interleaved steps each ({clock_name(args.device)}; the minimum resists interference)"
+    )
     for statistic in (statistics.median, min):
         base = statistic(times["AT (onehot)"])
         print(f"  {statistic.__name__}:")
         for name, samples in times.items():
             value = statistic(samples)
-            print(f"    {name:<15} {1000 * value:9.1f} ms/step   ×{value / base:.3f}  ({100 * (value / base - 1):+.1f}%)")
+            print(
+                f"    {name:<15} {1000 * value:9.1f} ms/step   ×{value / base:.3f}  ({100 * (value / base - 1):+.1f}%)"
+            )
         adr, wa = statistic(times["AT + ADR"]), statistic(times["AT + WA 0.995"])
         print(f"    ADR over AT + WA (the teacher forward alone): {100 * (adr / wa - 1):+.1f}%")
 

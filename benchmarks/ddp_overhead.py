@@ -17,8 +17,8 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -39,8 +39,15 @@ def single_process_environment() -> Iterator[None]:
 
 
 def rank_main(rank: int, args, port: int, root: str, results: dict) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     half = type(args)(**{**vars(args), "batch_size": args.batch_size // 2})
     data_parallel = synthetic_trainer(Path(root), f"ddp{rank}", args, model=args.model, objective="at")
@@ -80,11 +87,16 @@ def main() -> None:
         results = manager.dict()
         mp.spawn(rank_main, args=(args, port, root, results), nprocs=2, join=True)
         ddp, single = list(results["ddp"]), list(results["single"])
-    print(f"{args.model}, 32×32, PGD-10 AT, CPU gloo, 1 thread per process, {args.repeats} interleaved repeats (wall time)")
+    print(
+        f"{args.model}, 32×32, PGD-10 AT, CPU gloo, 1 thread per process, "
+        f"{args.repeats} interleaved repeats (wall time)"
+    )
     for statistic in (statistics.median, min):
         a, b = statistic(ddp), statistic(single)
-        print(f"  {statistic.__name__:<6} 2 ranks × {args.batch_size // 2} {1000 * a:8.1f} ms   1 process × "
-              f"{args.batch_size // 2} {1000 * b:8.1f} ms   overhead ×{a / b:.3f}")
+        print(
+            f"  {statistic.__name__:<6} 2 ranks × {args.batch_size // 2} {1000 * a:8.1f} ms   1 process × "
+            f"{args.batch_size // 2} {1000 * b:8.1f} ms   overhead ×{a / b:.3f}"
+        )
 
 
 if __name__ == "__main__":

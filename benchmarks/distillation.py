@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from _harness import clock_name, interleaved_times, parse_args, parser, synthetic_trainer
@@ -81,9 +81,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         teacher_file = Path(tmp) / "teacher.pt"
         torch.save(build_model(args.teacher, CIFAR10_INFO).state_dict(), teacher_file)
-        trainers = {name: synthetic_trainer(Path(tmp), name, args, model=args.student, objective=name.lower(),
-                                            teacher=str(teacher_file), teacher_arch=args.teacher)
-                    for name in ("RSLAD", "AdaAD")}
+        trainers = {
+            name: synthetic_trainer(
+                Path(tmp),
+                name,
+                args,
+                model=args.student,
+                objective=name.lower(),
+                teacher=str(teacher_file),
+                teacher_arch=args.teacher,
+            )
+            for name in ("RSLAD", "AdaAD")
+        }
         x, y = next(iter(trainers["RSLAD"].train_loader))
         steps = trainers["RSLAD"].attack.steps
         progress = Progress(0, 0, 100, 10)
@@ -95,17 +104,24 @@ def main() -> None:
         times = interleaved_times(work, args.repeats, args.device)
 
     median = {name: statistics.median(samples) for name, samples in times.items()}
-    print(f"student {args.student}, teacher {args.teacher}, 32×32, batch {args.batch_size}, K = {steps}, "
-          f"{args.device}, {args.threads} thread(s), median {clock_name(args.device)} of {args.repeats} interleaved repeats")
+    print(
+        f"student {args.student}, teacher {args.teacher}, 32×32, batch {args.batch_size}, K = {steps}, "
+        f"{args.device}, {args.threads} thread(s), "
+        f"median {clock_name(args.device)} of {args.repeats} interleaved repeats"
+    )
     for method in ("RSLAD", "AdaAD"):
         step, floor = median[f"{method} step"], median[f"{method} floor"]
         print(f"  {method} step {1000 * step:9.1f} ms   floor {1000 * floor:9.1f} ms   step/floor ×{step / floor:.3f}")
     print(f"  AdaAD / RSLAD step time: ×{median['AdaAD step'] / median['RSLAD step']:.2f}")
-    for frozen, trainable in (("attack, teacher frozen", "attack, teacher trainable"),
-                              ("update, T(x') no-grad", "update, T(x') with weight grads")):
+    for frozen, trainable in (
+        ("attack, teacher frozen", "attack, teacher trainable"),
+        ("update, T(x') no-grad", "update, T(x') with weight grads"),
+    ):
         saving = 1 - median[frozen] / median[trainable]
-        print(f"  {frozen:<24} {1000 * median[frozen]:9.1f} ms   vs {trainable.split(', ')[1]:<17} "
-              f"{1000 * median[trainable]:9.1f} ms   saving {100 * saving:.1f}%")
+        print(
+            f"  {frozen:<24} {1000 * median[frozen]:9.1f} ms   vs {trainable.split(', ')[1]:<17} "
+            f"{1000 * median[trainable]:9.1f} ms   saving {100 * saving:.1f}%"
+        )
 
 
 if __name__ == "__main__":

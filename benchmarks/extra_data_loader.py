@@ -65,26 +65,40 @@ def main() -> None:
     args = arguments.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(1)
-    real = ArrayDataset(torch.from_numpy(rng.integers(0, 256, (REAL_IMAGES, 3, 32, 32), dtype=np.uint8)),
-                        torch.from_numpy(rng.integers(0, 10, REAL_IMAGES)))
+    real = ArrayDataset(
+        torch.from_numpy(rng.integers(0, 256, (REAL_IMAGES, 3, 32, 32), dtype=np.uint8)),
+        torch.from_numpy(rng.integers(0, 10, REAL_IMAGES)),
+    )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "generated.npz"
         started = time.perf_counter()
         write_generated(path, args.images)
-        print(f"wrote {args.images:,} images ({path.stat().st_size / 2**30:.1f} GiB) in {time.perf_counter() - started:.0f} s")
+        print(
+            f"wrote {args.images:,} images ({path.stat().st_size / 2**30:.1f} GiB) "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
         extra = load_extra_data(path, CIFAR10_INFO)
         per_batch = round(args.fraction * args.batch_size)
         loaders = {
             "in-memory only": BatchLoader(real, args.batch_size, shuffle=True, drop_last=True, augment=CIFAR10_INFO),
             f"mixed, {per_batch}/{args.batch_size} memory-mapped": BatchLoader(
-                real, args.batch_size, shuffle=True, drop_last=True, augment=CIFAR10_INFO, extra=extra,
-                extra_per_batch=per_batch),
+                real,
+                args.batch_size,
+                shuffle=True,
+                drop_last=True,
+                augment=CIFAR10_INFO,
+                extra=extra,
+                extra_per_batch=per_batch,
+            ),
         }
         rates: dict[str, list[float]] = {name: [] for name in loaders}
         for repeat in range(args.repeats):
-            for name, loader in (loaders.items() if repeat % 2 == 0 else reversed(list(loaders.items()))):
+            for name, loader in loaders.items() if repeat % 2 == 0 else reversed(list(loaders.items())):
                 rates[name].append(images_per_second(loader, args.batches))
-    print(f"32×32 CIFAR-shaped batches of {args.batch_size} with crop+flip, CPU, 1 thread, {args.repeats} interleaved repeats")
+    print(
+        f"32×32 CIFAR-shaped batches of {args.batch_size} with crop+flip, CPU, 1 thread, "
+        f"{args.repeats} interleaved repeats"
+    )
     for name, values in rates.items():
         print(f"  {name:<34} {statistics.median(values):>10,.0f} images/s median  (goal ≥ {GOAL:,})")
 

@@ -25,12 +25,16 @@ def main() -> None:
 
     times = step_times(VARIANTS, args, model=args.model, objective="at")
 
-    print(f"{args.model}, 32×32, batch {args.batch_size}, {args.device}, {args.threads} thread(s), "
-          f"{args.repeats} interleaved steps each ({clock_name(args.device)}; the minimum resists interference)")
+    print(
+        f"{args.model}, 32×32, batch {args.batch_size}, {args.device}, {args.threads} thread(s), "
+        f"{args.repeats} interleaved steps each ({clock_name(args.device)}; the minimum resists interference)"
+    )
     for statistic in (statistics.median, min):
         pgd, fast = statistic(times["PGD-10 AT"]), statistic(times["N-FGSM AT"])
-        print(f"  {statistic.__name__}: PGD-10 {1000 * pgd:.1f} ms/step, N-FGSM {1000 * fast:.1f} ms/step, "
-              f"N-FGSM ÷ PGD-10 = ×{fast / pgd:.3f} (forward-backward count: 2/11 = ×{2 / 11:.3f})")
+        print(
+            f"  {statistic.__name__}: PGD-10 {1000 * pgd:.1f} ms/step, N-FGSM {1000 * fast:.1f} ms/step, "
+            f"N-FGSM ÷ PGD-10 = ×{fast / pgd:.3f} (forward-backward count: 2/11 = ×{2 / 11:.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,11 @@ def cell(root: Path, model: str, batch: int, variant: str, device: str, repeats:
     if settings.get("channels_last"):
         x = x.contiguous(memory_format=torch.channels_last)
     steps, progress = trainer.attack.steps, Progress(0, 0, 100, 10)
-    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if settings.get("amp") \
+    autocast = (
+        (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16))
+        if settings.get("amp")
         else contextlib.nullcontext
+    )
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
@@ -52,8 +55,9 @@ def cell(root: Path, model: str, batch: int, variant: str, device: str, repeats:
         with autocast():
             floor(trainer, x, y, steps)
 
-    times = interleaved_times({"step": lambda: trainer.train_step(x, y, progress)[0].item(), "floor": bare},
-                              repeats, device)
+    times = interleaved_times(
+        {"step": lambda: trainer.train_step(x, y, progress)[0].item(), "floor": bare}, repeats, device
+    )
     step, work = statistics.median(times["step"]), statistics.median(times["floor"])
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     return {"ratio": step / work, "images_per_s": batch / step, "peak_gib": peak}
@@ -66,7 +70,11 @@ def main() -> None:
     arguments.add_argument("--batches", default="128,512")
     arguments.add_argument("--variants", default=",".join(VARIANTS))
     arguments.add_argument("--repeats", type=int, default=5)
-    arguments.add_argument("--quick", action="store_true", help="CPU smoke run: small-cnn, batch 8, 1 repeat (variants fp32 and bf16 unless --variants)")
+    arguments.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU smoke run: small-cnn, batch 8, 1 repeat (variants fp32 and bf16 unless --variants)",
+    )
     args = arguments.parse_args()
     if not args.device.startswith("cuda") and not args.quick and args.models == arguments.get_default("models"):
         print("no GPU: running the --quick CPU cells (pass --models/--batches to time others on the CPU)")
@@ -87,8 +95,11 @@ def main() -> None:
             for batch in (int(b) for b in args.batches.split(",")):
                 for variant in args.variants.split(","):
                     result = cell(Path(root), model, batch, variant, args.device, args.repeats)
-                    print(f"{model:<11} {batch:>5}  {variant:<27} ×{result['ratio']:>9.3f} "
-                          f"{result['images_per_s']:>10.1f} {result['peak_gib']:>9.2f}", flush=True)
+                    print(
+                        f"{model:<11} {batch:>5}  {variant:<27} ×{result['ratio']:>9.3f} "
+                        f"{result['images_per_s']:>10.1f} {result['peak_gib']:>9.2f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The floor is built from the same network, batch and optimizer: 10 × (forward + 
 gradients, BatchNorm in the attack's mode: train, batch statistics, for PGD-AT) for the attack, then
 forward + full backward + SGD step for the update. advkit's step (``Trainer.train_step`` with
 ``--objective at``) adds the attack's bookkeeping (random start, sign step, projection, clamping, model
-state saved and restored), the rectifier's targets and the loss; the goal is a ratio of at most 1.05. Both run interleaved on a synthetic CIFAR-10 batch (no download).
+state saved and restored), the rectifier's targets and the loss; the goal is a ratio of at most 1.05.
+Both run interleaved on a synthetic CIFAR-10 batch (no download).
 
     python benchmarks/pgd_at_step.py [--model resnet18] [--batch-size 16] [--repeats 7] [--device cpu]
 """
@@ -48,17 +49,25 @@ def main() -> None:
         x, y = (tensor.to(trainer.device) for tensor in next(iter(trainer.train_loader)))
         steps = trainer.attack.steps
         progress = Progress(0, 0, 100, 10)
-        times = interleaved_times({
-            "advkit step": lambda: trainer.train_step(x, y, progress)[0].item(),
-            "model-work floor": lambda: floor(trainer, x, y, steps),
-        }, args.repeats, args.device)
+        times = interleaved_times(
+            {
+                "advkit step": lambda: trainer.train_step(x, y, progress)[0].item(),
+                "model-work floor": lambda: floor(trainer, x, y, steps),
+            },
+            args.repeats,
+            args.device,
+        )
 
-    print(f"{args.model}, 32×32, batch {args.batch_size}, PGD-{steps} AT, {args.device}, {args.threads} thread(s), "
-          f"{args.repeats} interleaved repeats ({clock_name(args.device)})")
+    print(
+        f"{args.model}, 32×32, batch {args.batch_size}, PGD-{steps} AT, {args.device}, {args.threads} thread(s), "
+        f"{args.repeats} interleaved repeats ({clock_name(args.device)})"
+    )
     for statistic in (statistics.median, min):
         step, work = statistic(times["advkit step"]), statistic(times["model-work floor"])
-        print(f"  {statistic.__name__:<6} advkit step {1000 * step:9.1f} ms   floor {1000 * work:9.1f} ms   "
-              f"step/floor ×{step / work:.3f}  (goal ≤ {GOAL})")
+        print(
+            f"  {statistic.__name__:<6} advkit step {1000 * step:9.1f} ms   floor {1000 * work:9.1f} ms   "
+            f"step/floor ×{step / work:.3f}  (goal ≤ {GOAL})"
+        )
 
 
 if __name__ == "__main__":

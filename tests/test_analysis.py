@@ -29,7 +29,6 @@ from advkit.plots import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-
 def test_entropy_of_known_distributions():
     probs = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
     assert torch.allclose(entropy(probs), torch.tensor([math.log(3), 0.0, math.log(2)]))
@@ -123,16 +122,20 @@ def test_reliability_figure_counts_every_example_under_its_diagram():
 
 def test_entropy_histograms_are_outlines_whose_legend_matches_them():
     axes = axes_by_label(entropy_figure(_analysis()))
-    for title, names in (("clean inputs", ["correct", "wrong"]),
-                         ("clean vs adversarial vs OOD", ["clean", "adversarial", "out-of-distribution"])):
+    for title, names in (
+        ("clean inputs", ["correct", "wrong"]),
+        ("clean vs adversarial vs OOD", ["clean", "adversarial", "out-of-distribution"]),
+    ):
         ax = axes[title]
         outlines = ax.patches
         assert len(outlines) == len(names)
         assert not any(patch.get_fill() for patch in outlines)  # nothing blends into an unlisted colour
         assert len({patch.get_edgecolor() for patch in outlines}) == len(names)
-        handles = {text.get_text().split(" (")[0]: handle
-                   for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
-        for name, patch in zip(names, outlines):
+        handles = {
+            text.get_text().split(" (")[0]: handle
+            for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles, strict=True)
+        }
+        for name, patch in zip(names, outlines, strict=True):
             assert not handles[name].get_fill()
             assert handles[name].get_edgecolor() == patch.get_edgecolor()
 
@@ -140,8 +143,18 @@ def test_entropy_histograms_are_outlines_whose_legend_matches_them():
 def _write_run(directory, robust, lr_values, losses=None):
     directory.mkdir()
     losses = losses or [1.0] * len(robust)
-    records = [{"epoch": i + 1, "train_loss": loss, "train_acc": 0.5, "lr": lr, "val_clean_acc": 0.8,
-                "val_robust_acc": r, "time_s": 1.0} for i, (r, lr, loss) in enumerate(zip(robust, lr_values, losses))]
+    records = [
+        {
+            "epoch": i + 1,
+            "train_loss": loss,
+            "train_acc": 0.5,
+            "lr": lr,
+            "val_clean_acc": 0.8,
+            "val_robust_acc": r,
+            "time_s": 1.0,
+        }
+        for i, (r, lr, loss) in enumerate(zip(robust, lr_values, losses, strict=True))
+    ]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
@@ -179,8 +192,11 @@ def test_training_curves_summarise_best_versus_last(tmp_path):
 def test_plot_curves_cli(tmp_path, capsys, monkeypatch):
     _write_run(tmp_path / "run", [0.3, 0.5, 0.4], [0.1, 0.1, 0.01])
     out = tmp_path / "c.png"
-    monkeypatch.setattr(sys, "argv", ["advkit", "plot", "curves", str(tmp_path / "run"), "--out", str(out),
-                                      "--json", str(tmp_path / "c.json")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["advkit", "plot", "curves", str(tmp_path / "run"), "--out", str(out), "--json", str(tmp_path / "c.json")],
+    )
     try:
         main()
     except SystemExit as exc:
@@ -189,4 +205,3 @@ def test_plot_curves_cli(tmp_path, capsys, monkeypatch):
     assert "best val robust 50.00% (epoch 2), last 40.00% (epoch 3), gap 10.00 points" in text
     assert out.stat().st_size > 5000
     assert json.loads((tmp_path / "c.json").read_text())["run"]["best_epoch"] == 2
-

@@ -34,11 +34,13 @@ def test_repeated_updates_follow_the_geometric_closed_form() -> None:
         source.weight.fill_(3.0)
     for _ in range(4):
         average.update(source)
-    assert torch.allclose(average.model.weight, 3.0 + 0.5 ** 4 * (initial - 3.0))
+    assert torch.allclose(average.model.weight, 3.0 + 0.5**4 * (initial - 3.0))
     assert average.updates == 4
 
 
-def test_batchnorm_buffers_are_averaged_and_counters_copied(tiny_net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_batchnorm_buffers_are_averaged_and_counters_copied(
+    tiny_net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     average = WeightAverage(tiny_net, 0.75)
     before = tiny_net.bn.running_mean.clone()
     tiny_net.train()
@@ -96,8 +98,19 @@ def test_decay_outside_the_open_unit_interval_is_rejected(tiny_net: nn.Module, d
 
 
 def test_wa_run_validates_selects_and_evaluates_the_average(tmp_path) -> None:
-    config = TrainConfig(dataset="digits", model="small-cnn", objective="at", eps=0.1, epochs=2, batch_size=128,
-                         val_size=100, val_steps=1, wa=0.9, select="wa", options={"attack": {"steps": 1}})
+    config = TrainConfig(
+        dataset="digits",
+        model="small-cnn",
+        objective="at",
+        eps=0.1,
+        epochs=2,
+        batch_size=128,
+        val_size=100,
+        val_steps=1,
+        wa=0.9,
+        select="wa",
+        options={"attack": {"steps": 1}},
+    )
     trainer = Trainer(config, tmp_path / "run", progress=False)
     history = trainer.fit()
     assert all({"val_wa_clean_acc", "val_wa_robust_acc"} <= set(record) for record in history)
@@ -108,4 +121,6 @@ def test_wa_run_validates_selects_and_evaluates_the_average(tmp_path) -> None:
     student, _, _ = load_trained_model(tmp_path / "run" / "last.pt")
     for key, value in trainer.averages[0.9].model.state_dict().items():
         assert torch.equal(averaged.state_dict()[key], value), key
-    assert not all(torch.equal(a, b) for a, b in zip(averaged.state_dict().values(), student.state_dict().values()))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(averaged.state_dict().values(), student.state_dict().values(), strict=True)
+    )

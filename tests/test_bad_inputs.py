@@ -17,9 +17,9 @@ import shutil
 import struct
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -40,6 +40,7 @@ def _yaml(text: str, *extra: str) -> Callable[[Path], list[str]]:
     def make(folder: Path) -> list[str]:
         (folder / "cfg.yaml").write_text("dataset: digits\nmodel: small-cnn\nepochs: 1\n" + text)
         return ["train", "--config", str(folder / "cfg.yaml"), "--quiet", *extra]
+
     return make
 
 
@@ -51,6 +52,7 @@ def _raw_yaml(content: bytes) -> Callable[[Path], list[str]]:
     def make(folder: Path) -> list[str]:
         (folder / "cfg.yaml").write_bytes(content)
         return ["train", "--config", str(folder / "cfg.yaml"), "--quiet"]
+
     return make
 
 
@@ -73,8 +75,21 @@ def _fashion(labels_value: int | None = None, truncate: bool = False) -> Callabl
         if truncate:
             data = (root / "train-images-idx3-ubyte").read_bytes()
             (root / "train-images-idx3-ubyte").write_bytes(data[:100])
-        return ["train", "--dataset", "fashion-mnist", "--model", "small-cnn", "--data-dir", str(folder / "data"),
-                "--batch-size", "4", "--val-size", "4", "--quiet"]
+        return [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--model",
+            "small-cnn",
+            "--data-dir",
+            str(folder / "data"),
+            "--batch-size",
+            "4",
+            "--val-size",
+            "4",
+            "--quiet",
+        ]
+
     return make
 
 
@@ -85,6 +100,7 @@ def _cifar(batch: Callable[[int], object]) -> Callable[[Path], list[str]]:
         for index, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
             (root / name).write_bytes(pickle.dumps(batch(index), protocol=2))
         return ["train", "--dataset", "cifar10", "--model", "small-cnn", "--data-dir", str(folder / "data"), "--quiet"]
+
     return make
 
 
@@ -106,7 +122,16 @@ def _svhn_empty(folder: Path) -> list[str]:
 def _tiny_imagenet_empty(folder: Path) -> list[str]:
     for part in ("train", "val"):
         (folder / "data" / "tiny-imagenet-200" / part).mkdir(parents=True)
-    return ["train", "--dataset", "tiny-imagenet", "--model", "small-cnn", "--data-dir", str(folder / "data"), "--quiet"]
+    return [
+        "train",
+        "--dataset",
+        "tiny-imagenet",
+        "--model",
+        "small-cnn",
+        "--data-dir",
+        str(folder / "data"),
+        "--quiet",
+    ]
 
 
 def _edited_run(edit: Callable[[str], str]) -> Callable[[Path], list[str]]:
@@ -114,6 +139,7 @@ def _edited_run(edit: Callable[[str], str]) -> Callable[[Path], list[str]]:
         run = _copy_run(folder)
         (run / "config.yaml").write_text(edit((run / "config.yaml").read_text()))
         return ["train", "--resume", str(run)]
+
     return make
 
 
@@ -123,6 +149,7 @@ def _damaged_checkpoint(content: Callable[[Path], None], command: str = "resume"
         content(run / "last.pt")
         content(run / "best.pt")
         return ["train", "--resume", str(run)] if command == "resume" else ["eval", str(run), "--n-examples", "8"]
+
     return make
 
 
@@ -140,6 +167,7 @@ def _with_run(*args: str) -> Callable[[Path], list[str]]:
     def make(folder: Path) -> list[str]:
         run = _copy_run(folder)
         return [arg.replace("RUN", str(run)).replace("DIR", str(folder)) for arg in args]
+
     return make
 
 
@@ -148,6 +176,7 @@ def _file_at(name: str, content: str, *args: str) -> Callable[[Path], list[str]]
         (folder / name).write_text(content)
         run = _copy_run(folder)
         return [arg.replace("RUN", str(run)).replace("DIR", str(folder)) for arg in args]
+
     return make
 
 
@@ -219,14 +248,24 @@ CASES = [
     Case("--checkpoint-every 0", _flags("--checkpoint-every", "0")),
     Case("--awp-variant bad", _flags("--awp-variant", "bad")),
     Case("--unknown-flag", _flags("--unknown-flag")),
-    Case("--out some_file/sub", lambda folder: (folder / "some_file").write_text("x") and
-         ["train", *B, "--out", str(folder / "some_file" / "sub")]),
+    Case(
+        "--out some_file/sub",
+        lambda folder: (
+            (folder / "some_file").write_text("x") and ["train", *B, "--out", str(folder / "some_file" / "sub")]
+        ),
+    ),
     Case("--dataset cifar10 absent", _flags("--dataset", "cifar10", "--data-dir", "/nonexistent")),
     # --- runs edited or damaged
     Case("--resume with --lr", _with_run("train", "--resume", "RUN", "--lr", "0.1")),
     Case("--resume missing folder", lambda folder: ["train", "--resume", str(folder / "nope")]),
-    Case("--resume without last.pt", lambda folder: (folder / "r").mkdir() or (folder / "r" / "config.yaml").write_text(
-        "dataset: digits\n") and ["train", "--resume", str(folder / "r")]),
+    Case(
+        "--resume without last.pt",
+        lambda folder: (
+            (folder / "r").mkdir()
+            or (folder / "r" / "config.yaml").write_text("dataset: digits\n")
+            and ["train", "--resume", str(folder / "r")]
+        ),
+    ),
     Case("--resume config.yaml invalid YAML", _edited_run(lambda text: text + "\n  - [unclosed")),
     Case("--resume config.yaml wrong type", _edited_run(lambda text: text.replace("epochs: 2", "epochs: two"))),
     Case("--resume config.yaml other model", _edited_run(lambda text: text.replace("small-cnn", "resnet18"))),
@@ -269,8 +308,16 @@ def _copy_run(folder: Path) -> Path:
         from advkit import TrainConfig, Trainer
 
         source = Path(tempfile.mkdtemp(prefix="advkit-battery-")) / "run"
-        config = TrainConfig(dataset="digits", model="small-cnn", epochs=2, batch_size=64, val_steps=1, seed=0,
-                             eps=0.1, options={"attack": {"steps": "1"}})
+        config = TrainConfig(
+            dataset="digits",
+            model="small-cnn",
+            epochs=2,
+            batch_size=64,
+            val_steps=1,
+            seed=0,
+            eps=0.1,
+            options={"attack": {"steps": "1"}},
+        )
         with contextlib.redirect_stdout(io.StringIO()):
             Trainer(config, source, progress=False).fit(stop_after_epoch=1)
         _RUN_CACHE["run"] = source
@@ -280,8 +327,11 @@ def _copy_run(folder: Path) -> Path:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".advkit.lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".advkit.lock"
+    }
 
 
 def run_case(case: Case, folder: Path) -> str | None:

@@ -4,8 +4,18 @@ import torch
 
 from advkit import TrainConfig, Trainer
 
-SETTINGS = dict(dataset="digits", model="small-cnn", objective="at", eps=0.1, epochs=1, batch_size=64, val_steps=1,
-                seed=1, wa=0.9, options={"attack": {"steps": "2"}})
+SETTINGS = dict(
+    dataset="digits",
+    model="small-cnn",
+    objective="at",
+    eps=0.1,
+    epochs=1,
+    batch_size=64,
+    val_steps=1,
+    seed=1,
+    wa=0.9,
+    options={"attack": {"steps": "2"}},
+)
 
 
 def test_compiled_training_matches_eager_and_saves_plain_checkpoints(tmp_path):

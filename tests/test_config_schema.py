@@ -7,19 +7,22 @@ from advkit.config import config_from_mapping
 from advkit.options import Option, parse_float
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("epochs", "ten", "setting 'epochs' expects an integer, got 'ten'"),
-    ("epochs", 2.5, "setting 'epochs' expects an integer, got 2.5"),
-    ("batch_size", "64", "setting 'batch_size' expects an integer, got '64'"),
-    ("seed", "abc", "setting 'seed' expects an integer"),
-    ("lr_milestones", 5, "setting 'lr_milestones' expects a list of epoch numbers"),
-    ("val_size", "10%", "setting 'val_size' expects a count (integer) or a fraction"),
-    ("model", 5, "setting 'model' expects a string, got 5"),
-    ("nesterov", "maybe", "setting 'nesterov' expects true or false, got 'maybe'"),
-    ("lr", "inf", "setting 'lr' must be a finite number"),
-    ("eps", float("nan"), "setting 'eps' must be a finite number"),
-    ("eps", "8/0", "setting 'eps' expects a finite number"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("epochs", "ten", "setting 'epochs' expects an integer, got 'ten'"),
+        ("epochs", 2.5, "setting 'epochs' expects an integer, got 2.5"),
+        ("batch_size", "64", "setting 'batch_size' expects an integer, got '64'"),
+        ("seed", "abc", "setting 'seed' expects an integer"),
+        ("lr_milestones", 5, "setting 'lr_milestones' expects a list of epoch numbers"),
+        ("val_size", "10%", "setting 'val_size' expects a count (integer) or a fraction"),
+        ("model", 5, "setting 'model' expects a string, got 5"),
+        ("nesterov", "maybe", "setting 'nesterov' expects true or false, got 'maybe'"),
+        ("lr", "inf", "setting 'lr' must be a finite number"),
+        ("eps", float("nan"), "setting 'eps' must be a finite number"),
+        ("eps", "8/0", "setting 'eps' expects a finite number"),
+    ],
+)
 def test_bad_yaml_values_name_the_setting(key, value, expected):
     with pytest.raises(AdvkitError, match="^cfg.yaml: " + expected.replace("(", r"\(").replace(")", r"\)")):
         config_from_mapping({key: value}, "cfg.yaml")

@@ -31,6 +31,7 @@ CROP_INFO = DatasetInfo("toy", 10, (1, 6, 6), (0.5,), (0.25,), 2, True)
 
 # --- helpers writing the real file formats -------------------------------------------------------------------
 
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """idx format: two zero bytes, type code, ndim, big-endian uint32 dims, big-endian data."""
     codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}
@@ -75,14 +76,25 @@ def write_cifar10(root: Path, per_batch: int = 2, n_test: int = 3, protocol: int
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for i in range(1, 6):
-        batch = {"batch_label": f"training batch {i} of 5", "labels": [(i + j) % 10 for j in range(per_batch)],
-                 "data": cifar_rows(per_batch, (i - 1) * per_batch), "filenames": [f"img{j}.png" for j in range(per_batch)]}
+        batch = {
+            "batch_label": f"training batch {i} of 5",
+            "labels": [(i + j) % 10 for j in range(per_batch)],
+            "data": cifar_rows(per_batch, (i - 1) * per_batch),
+            "filenames": [f"img{j}.png" for j in range(per_batch)],
+        }
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=protocol))
-    test = {"batch_label": "testing batch 1 of 1", "labels": [7] * n_test, "data": cifar_rows(n_test, 100),
-            "filenames": [f"t{j}.png" for j in range(n_test)]}
+    test = {
+        "batch_label": "testing batch 1 of 1",
+        "labels": [7] * n_test,
+        "data": cifar_rows(n_test, 100),
+        "filenames": [f"t{j}.png" for j in range(n_test)],
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=protocol))
-    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-            "num_cases_per_batch": per_batch, "num_vis": 3072}
+    meta = {
+        "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+        "num_cases_per_batch": per_batch,
+        "num_vis": 3072,
+    }
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
 
 
@@ -110,6 +122,7 @@ def tensor_dataset(n: int, channels: int = 1, size: int = 6) -> ArrayDataset:
 
 # --- conversions and sizes -----------------------------------------------------------------------------------
 
+
 def test_to_float_scales_uint8_and_passes_float_through() -> None:
     x = torch.tensor([0, 51, 255], dtype=torch.uint8)
     out = to_float(x)
@@ -126,6 +139,7 @@ def test_default_val_size_is_ten_percent_capped_at_1000() -> None:
 
 
 # --- idx files, MNIST and Fashion-MNIST ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_read_idx_plain_and_gzipped(tmp_path: Path, suffix: str) -> None:
@@ -183,7 +197,9 @@ def test_fashion_mnist_missing_everywhere(tmp_path: Path, monkeypatch: pytest.Mo
         load_dataset("fashion-mnist", "data")
 
 
-@pytest.mark.skipif(data.debian_fashion_mnist_dir() is None, reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    data.debian_fashion_mnist_dir() is None, reason="Debian package dataset-fashion-mnist not installed"
+)
 def test_fashion_mnist_from_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the default --data-dir (data), which holds no copy
     splits = load_dataset("fashion-mnist", "data")
@@ -193,6 +209,7 @@ def test_fashion_mnist_from_debian_package(tmp_path: Path, monkeypatch: pytest.M
 
 
 # --- CIFAR, SVHN, Tiny-ImageNet ------------------------------------------------------------------------------
+
 
 def test_cifar10_pickle_batches(tmp_path: Path) -> None:
     write_cifar10(tmp_path)
@@ -254,7 +271,8 @@ def write_jpeg(path: Path, value: int, channels: int = 3) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("L" if channels == 1 else "RGB", (64, 64), value if channels == 1 else (value,) * 3).save(
-        path, format="JPEG", quality=95)
+        path, format="JPEG", quality=95
+    )
 
 
 @pytest.mark.parametrize("refoldered", [False, True])
@@ -272,20 +290,25 @@ def test_tiny_imagenet_layouts(tmp_path: Path, refoldered: bool) -> None:
     else:
         write_jpeg(root / "val" / "images" / "val_0.JPEG", 200)
         write_jpeg(root / "val" / "images" / "val_1.JPEG", 40)
-        (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t63\t63\nval_1.JPEG\tn01\t0\t0\t63\t63\n")
+        (root / "val" / "val_annotations.txt").write_text(
+            "val_0.JPEG\tn02\t0\t0\t63\t63\nval_1.JPEG\tn01\t0\t0\t63\t63\n"
+        )
     splits = load_dataset("tiny-imagenet", tmp_path, val_size=2)
     assert splits.info.input_shape == (3, 64, 64) and splits.info.num_classes == 200
     assert splits.train.x.shape == (4, 3, 64, 64)  # grayscale JPEGs come back as RGB
     test_means = splits.test.x.float().mean(dim=(1, 2, 3))
     expected = {0: 40, 1: 200}
     assert sorted(splits.test.y.tolist()) == [0, 1]
-    for mean, label in zip(test_means.tolist(), splits.test.y.tolist()):
+    for mean, label in zip(test_means.tolist(), splits.test.y.tolist(), strict=True):
         assert abs(mean - expected[label]) < 3
-    for x, label in zip(torch.cat([splits.train.x, splits.val.x]), torch.cat([splits.train.y, splits.val.y])):
+    for x, label in zip(
+        torch.cat([splits.train.x, splits.val.x]), torch.cat([splits.train.y, splits.val.y]), strict=True
+    ):
         assert abs(x.float().mean().item() - expected[int(label)]) < 3
 
 
 # --- damaged and hostile files ------------------------------------------------------------------------------
+
 
 class RunsShell:
     """Unpickling this object runs a shell command that creates ``marker``: proof that a reader executed code."""
@@ -301,13 +324,16 @@ class RunsShell:
 def test_cifar_batch_that_would_run_code_is_refused(tmp_path: Path, protocol: int) -> None:
     write_cifar10(tmp_path, protocol=protocol)
     marker, batch = tmp_path / "executed", tmp_path / "cifar-10-batches-py" / "data_batch_2"
-    hostile = pickle.dumps({"data": cifar_rows(2, 0), "labels": [0, 1], "filenames": RunsShell(marker)},
-                           protocol=protocol)
+    hostile = pickle.dumps(
+        {"data": cifar_rows(2, 0), "labels": [0, 1], "filenames": RunsShell(marker)}, protocol=protocol
+    )
     batch.write_bytes(hostile)
     with pytest.raises(AdvkitError) as error:
         load_dataset("cifar10", tmp_path)
-    assert str(error.value) == (f"{batch} is not a CIFAR batch: it refers to Python object 'posix.system', which "
-                                "advkit will not load (unpickling it could execute code)")
+    assert str(error.value) == (
+        f"{batch} is not a CIFAR batch: it refers to Python object 'posix.system', which "
+        "advkit will not load (unpickling it could execute code)"
+    )
     assert not marker.exists()
     pickle.loads(hostile)  # the payload is live: a plain unpickler does run it
     assert marker.exists()
@@ -322,14 +348,24 @@ def test_cifar_batches_load_at_every_pickle_protocol(tmp_path: Path, protocol: i
     assert splits.train.y[-2:].tolist() == [3, 4] and len(splits.train) == 10
 
 
-@pytest.mark.parametrize("file, changes, message", [
-    ("test_batch", {"labels": [7, 10, 7]}, "holds 1 label outside 0..9 (the first is 10 at position 1)"),
-    ("data_batch_1", {"labels": [-1, 3]}, "holds 1 label outside 0..9 (the first is -1 at position 0)"),
-    ("data_batch_4", {"labels": [1]}, "is not a CIFAR batch: it holds 2 images but labels of shape (1,); "
-                                      "expected 2 labels"),
-    ("data_batch_5", {"data": cifar_rows(2, 0).reshape(-1)[:-5]}, "is not a CIFAR batch: its 'data' holds 6139 "
-                                                                  "bytes, not a whole number of 3072-byte"),
-], ids=["label-10", "label-minus-1", "labels-short", "data-cut"])
+@pytest.mark.parametrize(
+    "file, changes, message",
+    [
+        ("test_batch", {"labels": [7, 10, 7]}, "holds 1 label outside 0..9 (the first is 10 at position 1)"),
+        ("data_batch_1", {"labels": [-1, 3]}, "holds 1 label outside 0..9 (the first is -1 at position 0)"),
+        (
+            "data_batch_4",
+            {"labels": [1]},
+            "is not a CIFAR batch: it holds 2 images but labels of shape (1,); expected 2 labels",
+        ),
+        (
+            "data_batch_5",
+            {"data": cifar_rows(2, 0).reshape(-1)[:-5]},
+            "is not a CIFAR batch: its 'data' holds 6139 bytes, not a whole number of 3072-byte",
+        ),
+    ],
+    ids=["label-10", "label-minus-1", "labels-short", "data-cut"],
+)
 def test_inconsistent_cifar_batch_is_a_user_error(tmp_path: Path, file: str, changes: dict, message: str) -> None:
     write_cifar10(tmp_path)
     rewrite_cifar_batch(tmp_path / "cifar-10-batches-py" / file, **changes)
@@ -341,8 +377,11 @@ def test_inconsistent_cifar_batch_is_a_user_error(tmp_path: Path, file: str, cha
 
 def test_cifar100_labels_must_be_below_100(tmp_path: Path) -> None:
     write_cifar100(tmp_path, [0, 99, 100, 150], [5])
-    with pytest.raises(AdvkitError, match=r"cifar-100-python/train holds 2 labels outside 0\.\.99 \(the first is 100 "
-                                          r"at position 2\)"):
+    with pytest.raises(
+        AdvkitError,
+        match=r"cifar-100-python/train holds 2 labels outside 0\.\.99 \(the first is 100 "
+        r"at position 2\)",
+    ):
         load_dataset("cifar100", tmp_path)
 
 
@@ -354,8 +393,10 @@ def test_idx_labels_outside_the_classes_are_refused(tmp_path: Path, dataset: str
     write_idx(tmp_path / folder / "t10k-labels-idx1-ubyte", labels)
     with pytest.raises(AdvkitError) as error:
         load_dataset(dataset, tmp_path)
-    assert str(error.value) == (f"{tmp_path / folder / 't10k-labels-idx1-ubyte'} holds 1 label outside 0..9 (the "
-                                "first is 255 at position 2); the file is corrupted or from another dataset")
+    assert str(error.value) == (
+        f"{tmp_path / folder / 't10k-labels-idx1-ubyte'} holds 1 label outside 0..9 (the "
+        "first is 255 at position 2); the file is corrupted or from another dataset"
+    )
 
 
 def svhn_variables(n: int, **changes: np.ndarray) -> dict[str, np.ndarray]:
@@ -363,18 +404,31 @@ def svhn_variables(n: int, **changes: np.ndarray) -> dict[str, np.ndarray]:
     return {key: value for key, value in variables.items() if value is not None}
 
 
-@pytest.mark.parametrize("variables, message", [
-    (b"", "is unreadable or corrupted"),
-    (bytes(range(256)) * 2, "is unreadable or corrupted"),
-    (svhn_variables(3, X=None, images=np.zeros((32, 32, 3, 3), dtype=np.uint8)),
-     "is not an SVHN file: it needs variables 'X' (images) and 'y' (labels), found y, images"),
-    (svhn_variables(3, X=np.zeros((3, 3, 32, 32), dtype=np.uint8)),
-     "is not an SVHN file: X has shape (3, 3, 32, 32) and y 3 labels; expected X 32×32×3×N and N labels"),
-    (svhn_variables(3, X=np.zeros((32, 32, 3), dtype=np.uint8)), "is not an SVHN file: X has shape (32, 32, 3)"),
-    (svhn_variables(3, y=np.array([[1], [2]], dtype=np.uint8)), "is not an SVHN file: X has shape (32, 32, 3, 3) "
-                                                                  "and y 2 labels"),
-    (svhn_variables(3, y=np.array([[1], [11], [2]], dtype=np.uint8)), "holds 1 label outside 0..10 (the first is 11"),
-], ids=["empty", "random-bytes", "no-X", "N-C-H-W", "3-D", "labels-short", "label-11"])
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        (b"", "is unreadable or corrupted"),
+        (bytes(range(256)) * 2, "is unreadable or corrupted"),
+        (
+            svhn_variables(3, X=None, images=np.zeros((32, 32, 3, 3), dtype=np.uint8)),
+            "is not an SVHN file: it needs variables 'X' (images) and 'y' (labels), found y, images",
+        ),
+        (
+            svhn_variables(3, X=np.zeros((3, 3, 32, 32), dtype=np.uint8)),
+            "is not an SVHN file: X has shape (3, 3, 32, 32) and y 3 labels; expected X 32×32×3×N and N labels",
+        ),
+        (svhn_variables(3, X=np.zeros((32, 32, 3), dtype=np.uint8)), "is not an SVHN file: X has shape (32, 32, 3)"),
+        (
+            svhn_variables(3, y=np.array([[1], [2]], dtype=np.uint8)),
+            "is not an SVHN file: X has shape (32, 32, 3, 3) and y 2 labels",
+        ),
+        (
+            svhn_variables(3, y=np.array([[1], [11], [2]], dtype=np.uint8)),
+            "holds 1 label outside 0..10 (the first is 11",
+        ),
+    ],
+    ids=["empty", "random-bytes", "no-X", "N-C-H-W", "3-D", "labels-short", "label-11"],
+)
 def test_damaged_svhn_file_is_a_user_error(tmp_path: Path, variables: bytes | dict, message: str) -> None:
     import scipy.io
 
@@ -390,6 +444,7 @@ def test_damaged_svhn_file_is_a_user_error(tmp_path: Path, variables: bytes | di
 
 
 # --- errors --------------------------------------------------------------------------------------------------
+
 
 def test_missing_dataset_names_the_expected_path(tmp_path: Path) -> None:
     with pytest.raises(AdvkitError) as info:
@@ -413,6 +468,7 @@ def test_bad_val_size(val_size: object) -> None:
 
 
 # --- splits --------------------------------------------------------------------------------------------------
+
 
 def test_val_split_is_disjoint_seeded_and_held_out_from_train(tmp_path: Path) -> None:
     write_mnist_layout(tmp_path / "mnist", 40, 5)
@@ -447,6 +503,7 @@ def test_digits_test_split_is_fixed_and_independent_of_the_run_seed() -> None:
 
 
 # --- the loader ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_loader_yields_every_example_once(shuffle: bool) -> None:
@@ -491,8 +548,8 @@ def crops_of(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
     """Every crop and mirrored crop of ``image``'s zero-padded copy, computed by slicing."""
     c, h, w = image.shape
     padded = torch.zeros(c, h + 2 * padding, w + 2 * padding, dtype=image.dtype)
-    padded[:, padding:padding + h, padding:padding + w] = image
-    crops = [padded[:, i:i + h, j:j + w] for i in range(2 * padding + 1) for j in range(2 * padding + 1)]
+    padded[:, padding : padding + h, padding : padding + w] = image
+    crops = [padded[:, i : i + h, j : j + w] for i in range(2 * padding + 1) for j in range(2 * padding + 1)]
     return crops + [crop.flip(-1) for crop in crops]
 
 
@@ -507,7 +564,7 @@ def test_loader_augmentation_is_crop_and_flip_seeded_by_seed_and_epoch() -> None
 
     identical, flipped = 0, 0
     for x, y in epoch2:
-        for image, label in zip(x, y):
+        for image, label in zip(x, y, strict=True):
             source = to_float(dataset.x[label])
             candidates = crops_of(source, 2)
             matches = [k for k, crop in enumerate(candidates) if torch.equal(crop, image)]
@@ -518,7 +575,7 @@ def test_loader_augmentation_is_crop_and_flip_seeded_by_seed_and_epoch() -> None
 
     again = BatchLoader(dataset, 16, shuffle=True, drop_last=False, augment=CROP_INFO, seed=7)
     again.set_epoch(2)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(epoch2, again))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(epoch2, again, strict=True))
     again.set_epoch(3)
     assert not torch.equal(torch.cat([x for x, _ in again]), torch.cat([x for x, _ in epoch2]))
     other_seed = BatchLoader(dataset, 16, shuffle=True, drop_last=False, augment=CROP_INFO, seed=8)

@@ -24,8 +24,15 @@ LN3 = math.log(3.0)
 
 def context(clean, adv, y, teacher_scale=1.0, epoch=0):
     teacher = LogitModel(factor=teacher_scale)  # logits differ from the student's unless the factor is 1
-    ctx = StepContext(model=LogitModel(), x=clean, y=y, num_classes=clean.shape[-1], progress=Progress(epoch, 0, 1, 1),
-                      teacher=teacher, x_adv=adv)
+    ctx = StepContext(
+        model=LogitModel(),
+        x=clean,
+        y=y,
+        num_classes=clean.shape[-1],
+        progress=Progress(epoch, 0, 1, 1),
+        teacher=teacher,
+        x_adv=adv,
+    )
     ctx.targets = one_hot(y, clean.shape[-1])
     return ctx, teacher
 
@@ -55,7 +62,7 @@ def test_introspection_by_hand_and_against_a_per_sample_loop():
     loop = 0.0
     for i in range(6):
         weight = torch.softmax(teacher_adv[i], 0)[labels[i]].item() ** 0.1
-        loop += (1 - weight) * kl_divergence(torch.softmax(clean[i:i + 1], 1), adv[i:i + 1], "sum").item()
+        loop += (1 - weight) * kl_divergence(torch.softmax(clean[i : i + 1], 1), adv[i : i + 1], "sum").item()
     assert introspection_kl(clean, adv, teacher_adv, labels, 0.1).item() == pytest.approx(loop / 6, rel=1e-5)
 
 
@@ -86,15 +93,23 @@ def test_iad_and_adaiad_forms_by_hand():
     clean, adv, y = logits(0.0, LN3), logits(0.0, 0.0), torch.tensor([1])
     ctx, teacher = context(clean, adv, y)
     # teacher on x (IAD): [1/4, 3/4]; reliability from T(x') = uniform: w = (1/2)^β
-    loss = adversarial_distillation_loss(ctx, alpha=1.0, temperature=1.0, kl_reduction="batchmean", scale=1.0,
-                                         introspection_beta=1.0)
+    loss = adversarial_distillation_loss(
+        ctx, alpha=1.0, temperature=1.0, kl_reduction="batchmean", scale=1.0, introspection_beta=1.0
+    )
     teacher_term = kl_by_hand([0.25, 0.75], [0.5, 0.5])
     assert loss.item() == pytest.approx(teacher_term + 0.5 * kl_by_hand([0.25, 0.75], [0.5, 0.5]))
     assert [s is ctx.x for s in teacher.inputs] == [True, False]  # T(x) and T(x'), once each
 
     ctx, teacher = context(clean, adv, y)
-    loss = adversarial_distillation_loss(ctx, alpha=1.0, temperature=1.0, kl_reduction="batchmean", scale=1.0,
-                                         teacher_on_adversarial=True, introspection_beta=1.0)
+    loss = adversarial_distillation_loss(
+        ctx,
+        alpha=1.0,
+        temperature=1.0,
+        kl_reduction="batchmean",
+        scale=1.0,
+        teacher_on_adversarial=True,
+        introspection_beta=1.0,
+    )
     assert loss.item() == pytest.approx(0.0 + 0.5 * kl_by_hand([0.25, 0.75], [0.5, 0.5]))  # T(x') = S(x')
     assert len(teacher.inputs) == 1  # the teacher term and the reliability share one T(x') forward
 
@@ -106,5 +121,8 @@ def test_distillation_options_declare_the_method_defaults():
     iad = resolve_options(distillation_options(temperature=1.0, kl_reduction="batchmean", introspection=True), {}, "x")
     assert iad["beta"] == 0.1 and iad["begin"] == 60
     with pytest.raises(OptionError, match="alpha"):
-        resolve_options(distillation_options(temperature=1.0, kl_reduction="sum", introspection=False),
-                        {"alpha": "1.5"}, "objective 'x'")
+        resolve_options(
+            distillation_options(temperature=1.0, kl_reduction="sum", introspection=False),
+            {"alpha": "1.5"},
+            "objective 'x'",
+        )

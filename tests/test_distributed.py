@@ -32,8 +32,17 @@ def launcher() -> list[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-            "--master-port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+    ]
 
 
 def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -58,17 +67,22 @@ def test_each_rank_takes_its_slice_of_the_same_global_batch():
     shards = [BatchLoader(data, 8, shuffle=True, drop_last=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
     for loader in (single, *shards):
         loader.set_epoch(2)
-    for whole, *parts in zip(single, *shards):
+    for whole, *parts in zip(single, *shards, strict=True):
         assert torch.equal(torch.cat([x for x, _ in parts]), whole[0])
         assert torch.equal(torch.cat([y for _, y in parts]), whole[1])
-    with pytest.raises(AdvkitError, match="--batch-size 9 is the global batch and must divide by the number of processes"):
+    with pytest.raises(
+        AdvkitError, match="--batch-size 9 is the global batch and must divide by the number of processes"
+    ):
         BatchLoader(data, 9, shuffle=True, drop_last=True, rank=0, world_size=2)
 
 
 # The SAM-style step divides by per-layer gradient norms, which amplifies rounding differences (a
 # different all-reduce order) step after step: 1e-7 after two steps, 3e-4 after four. Two steps suffice.
-@pytest.mark.parametrize("extra, steps", [({}, 4), ({"awp": 0.01}, 4), ({"awp": 0.005, "awp_variant": "adr-sam"}, 2)],
-                         ids=["plain", "awp", "adr-sam"])
+@pytest.mark.parametrize(
+    "extra, steps",
+    [({}, 4), ({"awp": 0.01}, 4), ({"awp": 0.005, "awp_variant": "adr-sam"}, 2)],
+    ids=["plain", "awp", "adr-sam"],
+)
 def test_two_ranks_equal_one_process_at_the_same_global_batch(tmp_path, extra, steps):
     settings = {**BASE, **extra, "options": {"attack": {"start": "none"}}}
     rank0, rank1 = run_worker(settings, tmp_path / "ddp", tmp_path / "out", steps=steps)
@@ -107,20 +121,47 @@ def test_per_example_memory_and_summed_state_agree_with_one_process(tmp_path):
     assert torch.allclose(summed, single.objective.accumulated, atol=1e-4)
 
 
-ARGS = ["train", "--dataset", "digits", "--model", "small-cnn-gn", "--eps", "0.1", "--val-steps", "1", "--quiet",
-        "--batch-size", "16", "--seed", "2", "-o", "attack.steps=2"]
+ARGS = [
+    "train",
+    "--dataset",
+    "digits",
+    "--model",
+    "small-cnn-gn",
+    "--eps",
+    "0.1",
+    "--val-steps",
+    "1",
+    "--quiet",
+    "--batch-size",
+    "16",
+    "--seed",
+    "2",
+    "-o",
+    "attack.steps=2",
+]
 
 
 def test_torchrun_writes_one_run_directory_from_rank_0(tmp_path):
     done = torchrun("-m", "advkit", *ARGS, "--epochs", "2", "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == [".advkit.lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".advkit.lock",
+        "best.pt",
+        "config.yaml",
+        "last.pt",
+        "metrics.jsonl",
+    ]
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert done.stdout.count("done: ") == 1 and done.stdout.count("epoch 2/2") == 1  # rank 0 alone reports
     assert torch.load(run / "last.pt", weights_only=True)["world_size"] == 2
-    single = subprocess.run([sys.executable, "-m", "advkit", "train", "--resume", str(run)], env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "advkit", "train", "--resume", str(run)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 2 and "written by a run of 2 process(es), this one has 1" in single.stderr
 
 
@@ -129,8 +170,9 @@ def test_kill_9_and_resume_under_torchrun_gives_the_uninterrupted_result(tmp_pat
     straight = torchrun("-m", "advkit", *args, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     launch = [*launcher(), "-m", "advkit", *args, "--out", str(tmp_path / "cut")]
-    process = subprocess.Popen(launch, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        launch, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "cut" / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -165,8 +207,21 @@ def test_a_setup_failure_on_rank_0_ends_every_rank_with_one_line(tmp_path):
 def test_under_torchrun_rank_0_alone_logs_and_the_step_means_cover_every_rank(tmp_path):
     pytest.importorskip("tensorboard")
     run = tmp_path / "run"  # 320 examples in global batches of 16: 20 steps, 5 windows of 4
-    done = torchrun("-m", "advkit", *ARGS, "--epochs", "1", "--train-size", "320", "--logger", "csv,tensorboard",
-                    "--log-interval", "4", "--out", str(run))
+    done = torchrun(
+        "-m",
+        "advkit",
+        *ARGS,
+        "--epochs",
+        "1",
+        "--train-size",
+        "320",
+        "--logger",
+        "csv,tensorboard",
+        "--log-interval",
+        "4",
+        "--out",
+        str(run),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -9,7 +9,6 @@ import torch
 
 from advkit.compat import import_autoattack
 from advkit.errors import AdvkitError, OptionError
-from advkit.testing import train_digits
 from advkit.evaluate import (
     AttackResult,
     OfficialAutoAttack,
@@ -20,6 +19,7 @@ from advkit.evaluate import (
     split_attack_text,
     worst_case,
 )
+from advkit.testing import train_digits
 
 EPS = 0.1
 N = 32
@@ -28,8 +28,10 @@ N = 32
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    return {"target": train_digits(root / "target", epochs=2, seed=0, wa=0.9),
-            "surrogate": train_digits(root / "surrogate", epochs=2, seed=1)}
+    return {
+        "target": train_digits(root / "target", epochs=2, seed=0, wa=0.9),
+        "surrogate": train_digits(root / "surrogate", epochs=2, seed=1),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,9 @@ def test_parse_attack_types_and_checks_options():
     assert spec.options == {"steps": 50, "restarts": 5, "alpha": pytest.approx(1 / 255)}
     assert parse_attack("apgd-t").options == {"iters": 100, "restarts": 1, "targets": 9}
     assert parse_attack("square").options["queries"] == 5000
-    with pytest.raises(OptionError, match="attack 'pgd': unknown option 'step' \\(valid options: alpha, restarts, steps\\)"):
+    with pytest.raises(
+        OptionError, match="attack 'pgd': unknown option 'step' \\(valid options: alpha, restarts, steps\\)"
+    ):
         parse_attack("pgd:step=5")
     with pytest.raises(OptionError, match="attack 'pgd': option 'steps' must lie in \\[1, inf\\]"):
         parse_attack("pgd:steps=0")
@@ -76,9 +80,18 @@ def test_worst_case_is_per_example_not_min_of_accuracies():
 
 
 # ------------------------------------------------------------------------------------- attacks on a trained model
-CHEAP_ATTACKS = ["fgsm", "pgd:steps=10", "pgd:steps=5,restarts=2", "cw:steps=10", "cw2:steps=30,rounds=2,max_norm=1.0",
-                 "apgd-ce:iters=10", "apgd-t:iters=10,targets=3", "square:queries=100", "transfer:steps=10",
-                 "torchattacks:FGSM"]
+CHEAP_ATTACKS = [
+    "fgsm",
+    "pgd:steps=10",
+    "pgd:steps=5,restarts=2",
+    "cw:steps=10",
+    "cw2:steps=30,rounds=2,max_norm=1.0",
+    "apgd-ce:iters=10",
+    "apgd-t:iters=10,targets=3",
+    "square:queries=100",
+    "transfer:steps=10",
+    "torchattacks:FGSM",
+]
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +161,42 @@ def direct_autoattack(model, x, y, eps, attacks, configure=None):
 # constructors exactly as AutoAttack's standard version parametrises them (AutoAttack standard itself
 # takes minutes on a CPU once any example survives APGD-CE).
 OFFICIAL = {
-    "apgd-ce:iters=10": ("apgd-ce", lambda m, aa: setattr(aa, "apgd", m.autopgd_base.APGDAttack(
-        aa.model, n_iter=10, n_restarts=1, eps=EPS, norm="Linf", seed=0, device="cpu"))),
-    "apgd-t:iters=10,targets=3": ("apgd-t", lambda m, aa: setattr(aa, "apgd_targeted", m.autopgd_base.APGDAttack_targeted(
-        aa.model, n_iter=10, n_restarts=1, n_target_classes=3, eps=EPS, norm="Linf", seed=0, device="cpu"))),
-    "square:queries=100": ("square", lambda m, aa: setattr(aa, "square", m.square.SquareAttack(
-        aa.model, p_init=0.8, n_queries=100, eps=EPS, norm="Linf", n_restarts=1, seed=0, device="cpu",
-        resc_schedule=False))),
+    "apgd-ce:iters=10": (
+        "apgd-ce",
+        lambda m, aa: setattr(
+            aa,
+            "apgd",
+            m.autopgd_base.APGDAttack(aa.model, n_iter=10, n_restarts=1, eps=EPS, norm="Linf", seed=0, device="cpu"),
+        ),
+    ),
+    "apgd-t:iters=10,targets=3": (
+        "apgd-t",
+        lambda m, aa: setattr(
+            aa,
+            "apgd_targeted",
+            m.autopgd_base.APGDAttack_targeted(
+                aa.model, n_iter=10, n_restarts=1, n_target_classes=3, eps=EPS, norm="Linf", seed=0, device="cpu"
+            ),
+        ),
+    ),
+    "square:queries=100": (
+        "square",
+        lambda m, aa: setattr(
+            aa,
+            "square",
+            m.square.SquareAttack(
+                aa.model,
+                p_init=0.8,
+                n_queries=100,
+                eps=EPS,
+                norm="Linf",
+                n_restarts=1,
+                seed=0,
+                device="cpu",
+                resc_schedule=False,
+            ),
+        ),
+    ),
 }
 
 
@@ -180,7 +222,12 @@ def test_autoattack_spec_builds_the_official_standard_version(setup):
     aa = OfficialAutoAttack(EPS, "Linf", 0, "standard").build(setup.model, torch.device("cpu"))
     assert type(aa).__module__.startswith(("pyautoattack", "autoattack"))
     assert aa.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert (aa.apgd.n_iter, aa.apgd.n_restarts, aa.apgd_targeted.n_target_classes, aa.square.n_queries) == (100, 1, 9, 5000)
+    assert (aa.apgd.n_iter, aa.apgd.n_restarts, aa.apgd_targeted.n_target_classes, aa.square.n_queries) == (
+        100,
+        1,
+        9,
+        5000,
+    )
 
 
 # ------------------------------------------------------------------------------------- checkpoints and CLI
@@ -196,9 +243,29 @@ def test_wa_flag_evaluates_the_averaged_weights(runs, setup):
 
 def test_eval_cli_autoattack_and_pgd_with_json_and_markdown(runs, tmp_path, run_cli):
     json_path, md_path = tmp_path / "r.json", tmp_path / "r.md"
-    code, out, err = run_cli(["eval", str(runs["target"]), "--attack", "autoattack", "--attack", "pgd", "--attack", "clean",
-                              "--eps", "0.3", "--n-examples", "16", "--json", str(json_path), "--markdown", str(md_path),
-                              "--device", "cpu", "--quiet"])
+    code, out, err = run_cli(
+        [
+            "eval",
+            str(runs["target"]),
+            "--attack",
+            "autoattack",
+            "--attack",
+            "pgd",
+            "--attack",
+            "clean",
+            "--eps",
+            "0.3",
+            "--n-examples",
+            "16",
+            "--json",
+            str(json_path),
+            "--markdown",
+            str(md_path),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0, err
     report = json.loads(json_path.read_text())
     accuracy = report["accuracy"]
@@ -210,13 +277,16 @@ def test_eval_cli_autoattack_and_pgd_with_json_and_markdown(runs, tmp_path, run_
     assert "| `autoattack` | AutoAttack standard (Linf) |" in markdown and "| `worst case` |" in markdown
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--norm", "L2"], "--norm L2 needs --eps"),
-    (["--attack", "transfer"], "attack 'transfer' needs --surrogate"),
-    (["--attack", "pgd:steps=0"], "attack 'pgd': option 'steps' must lie in [1, inf]"),
-    (["--attack", "cw", "--norm", "L2", "--eps", "1"], "attack 'cw' supports --norm Linf, not L2"),
-    (["--eps", "1.5"], "--eps must lie in [0, 1] for Linf"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--norm", "L2"], "--norm L2 needs --eps"),
+        (["--attack", "transfer"], "attack 'transfer' needs --surrogate"),
+        (["--attack", "pgd:steps=0"], "attack 'pgd': option 'steps' must lie in [1, inf]"),
+        (["--attack", "cw", "--norm", "L2", "--eps", "1"], "attack 'cw' supports --norm Linf, not L2"),
+        (["--eps", "1.5"], "--eps must lie in [0, 1] for Linf"),
+    ],
+)
 def test_eval_cli_user_errors_are_one_line_exit_2(runs, extra, message, run_cli):
     code, _, err = run_cli(["eval", str(runs["target"]), "--n-examples", "4", "--quiet", *extra])
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
@@ -232,9 +302,25 @@ def test_plot_calibration_cli_with_ood(runs, tmp_path, run_cli):
     from advkit.data import debian_fashion_mnist_dir
 
     ood = ["--ood", "fashion-mnist"] if debian_fashion_mnist_dir() is not None else []
-    code, out, err = run_cli(["plot", "calibration", str(runs["target"]), "--attack", "pgd:steps=5", "--n-examples", "64",
-                              "--out-dir", str(tmp_path / "cal"), "--device", "cpu", "--json", str(tmp_path / "cal.json"),
-                              "--quiet", *ood])
+    code, out, err = run_cli(
+        [
+            "plot",
+            "calibration",
+            str(runs["target"]),
+            "--attack",
+            "pgd:steps=5",
+            "--n-examples",
+            "64",
+            "--out-dir",
+            str(tmp_path / "cal"),
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "cal.json"),
+            "--quiet",
+            *ood,
+        ]
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "cal.json").read_text())
     assert report["n_examples"] == 64 and report["attack_description"] == "PGD-5 (Linf, α=0.025)"

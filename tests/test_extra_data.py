@@ -43,16 +43,21 @@ def test_shards_are_memory_mapped_and_read_by_global_index(tmp_path):
     assert images[:, 0, 0, 0].tolist() == index.tolist() and labels.tolist() == (index % 10).tolist()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: write_shard(p, 5, image=np.zeros((5, 8, 8, 3), np.uint8)), r"needs uint8 N×8×8×1"),
-    (lambda p: write_shard(p, 5, image=np.zeros((5, 8, 8, 1), np.float32)), r"'image' is float32"),
-    (lambda p: write_shard(p, 5, label=np.arange(5) + 8), r"label 10 is outside digits's classes 0..9"),
-    (lambda p: write_shard(p, 5, label=np.arange(4)), r"'label' must be N integers matching 'image'"),
-    (lambda p: np.savez(p, images=np.zeros((5, 8, 8, 1), np.uint8)), r"has no array 'image'"),
-    (lambda p: np.savez_compressed(p, image=np.zeros((5, 8, 8, 1), np.uint8), label=np.zeros(5, int)),
-     r"is compressed, so it cannot be memory-mapped; re-save it uncompressed"),
-    (lambda p: p.write_bytes(b"not a zip"), r"is not a readable .npz file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: write_shard(p, 5, image=np.zeros((5, 8, 8, 3), np.uint8)), r"needs uint8 N×8×8×1"),
+        (lambda p: write_shard(p, 5, image=np.zeros((5, 8, 8, 1), np.float32)), r"'image' is float32"),
+        (lambda p: write_shard(p, 5, label=np.arange(5) + 8), r"label 10 is outside digits's classes 0..9"),
+        (lambda p: write_shard(p, 5, label=np.arange(4)), r"'label' must be N integers matching 'image'"),
+        (lambda p: np.savez(p, images=np.zeros((5, 8, 8, 1), np.uint8)), r"has no array 'image'"),
+        (
+            lambda p: np.savez_compressed(p, image=np.zeros((5, 8, 8, 1), np.uint8), label=np.zeros(5, int)),
+            r"is compressed, so it cannot be memory-mapped; re-save it uncompressed",
+        ),
+        (lambda p: p.write_bytes(b"not a zip"), r"is not a readable .npz file"),
+    ],
+)
 def test_generated_data_that_does_not_fit_is_refused(tmp_path, make, message):
     path = tmp_path / "g.npz"
     make(path)
@@ -73,7 +78,7 @@ def test_every_batch_mixes_a_fixed_share_and_an_epoch_is_one_pass_over_the_real_
     batches = list(loader)
     assert len(loader) == len(batches) == 40 // 4  # 4 real examples per batch of 10
     real_ids = []
-    for x, y in batches:
+    for x, _ in batches:
         generated = x[:, 0, 0, 1] > 0.5  # generated images are bright everywhere
         assert x.shape[0] == 10 and int(generated.sum()) == 6
         real_ids += (x[~generated, 0, 1, 1] * 1000).round().long().tolist()
@@ -85,10 +90,10 @@ def test_mixing_is_deterministic_and_resumes_mid_epoch(tmp_path):
     for loader in (first, second):
         loader.set_epoch(3)
     whole = list(first)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole, second))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole, second, strict=True))
     second.set_epoch(3, start_batch=4)
     tail = list(second)
-    assert len(tail) == len(whole) - 4 and all(torch.equal(a[0], b[0]) for a, b in zip(whole[4:], tail))
+    assert len(tail) == len(whole) - 4 and all(torch.equal(a[0], b[0]) for a, b in zip(whole[4:], tail, strict=True))
     first.set_epoch(4)
     assert not torch.equal(next(iter(first))[0], whole[0][0])  # another epoch draws other examples
 
@@ -98,7 +103,7 @@ def test_ranks_take_their_slices_of_both_parts(tmp_path):
     ranks = [mixed_loader(tmp_path, rank=r, world_size=2) for r in (0, 1)]
     for loader in (single, *ranks):
         loader.set_epoch(1)
-    for (x, _), (x0, _), (x1, _) in zip(single, *ranks):
+    for (x, _), (x0, _), (x1, _) in zip(single, *ranks, strict=True):
         assert x0.shape[0] == x1.shape[0] == 5
         merged = torch.cat([x0[:2], x1[:2], x0[2:], x1[2:]])  # real parts, then generated parts
         assert torch.equal(merged, x)
@@ -106,8 +111,18 @@ def test_ranks_take_their_slices_of_both_parts(tmp_path):
 
 def digits_extra_config(tmp_path: Path, **overrides) -> TrainConfig:
     write_shard(tmp_path / "g.npz", 300)
-    settings = dict(dataset="digits", model="small-cnn", objective="at", eps=0.1, epochs=2, batch_size=32, val_steps=1,
-                    seed=3, extra_data=str(tmp_path / "g.npz"), options={"attack": {"steps": "2"}})
+    settings = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective="at",
+        eps=0.1,
+        epochs=2,
+        batch_size=32,
+        val_steps=1,
+        seed=3,
+        extra_data=str(tmp_path / "g.npz"),
+        options={"attack": {"steps": "2"}},
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -127,8 +142,20 @@ def test_training_with_generated_data_resumes_exactly(tmp_path):
 
 def test_cli_refuses_generated_data_of_another_shape_before_creating_the_run(tmp_path, run_cli):
     write_shard(tmp_path / "g.npz", 5, image=np.zeros((5, 28, 28, 1), np.uint8))
-    code, _, err = run_cli(["train", "--dataset", "digits", "--model", "small-cnn", "--extra-data", str(tmp_path / "g.npz"),
-                            "--out", str(tmp_path / "run"), "--quiet"])
+    code, _, err = run_cli(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "small-cnn",
+            "--extra-data",
+            str(tmp_path / "g.npz"),
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
     assert code == 2 and "needs uint8 N×8×8×1" in err and not (tmp_path / "run").exists()
     code, _, err = run_cli(["train", "--dataset", "digits", "--extra-fraction", "0.5", "--out", str(tmp_path / "run")])
     assert code == 2 and "--extra-fraction needs --extra-data" in err

@@ -12,8 +12,17 @@ import torch
 import torchattacks
 import yaml
 
-from advkit import (AdvkitError, OptionError, TrainConfig, Trainer, eps_option, project, sign_ascent, start_point,
-                    supported_norms)
+from advkit import (
+    AdvkitError,
+    OptionError,
+    TrainConfig,
+    Trainer,
+    eps_option,
+    project,
+    sign_ascent,
+    start_point,
+    supported_norms,
+)
 from advkit.attacks import Attack
 from advkit.builtin.attacks import FGSM, PGD, NoAttack, TradesKL
 from advkit.config import _check_norm_support
@@ -42,8 +51,9 @@ def test_l2_pgd_matches_torchattacks_pgdl2(random_start):
     torch.manual_seed(7)
     reference = torchattacks.PGDL2(model, eps=0.4, alpha=0.1, steps=5, random_start=random_start)(x, y)
     torch.manual_seed(7)
-    ours = PGD(model, eps=0.4, alpha=0.1, steps=5, start="uniform" if random_start else "none", norm="L2",
-               bn_mode="eval")(x, y)
+    ours = PGD(
+        model, eps=0.4, alpha=0.1, steps=5, start="uniform" if random_start else "none", norm="L2", bn_mode="eval"
+    )(x, y)
     assert torch.allclose(ours, reference, atol=1e-6)
     assert ((ours - x).flatten(1).norm(dim=1) <= 0.4 + 1e-5).all()
 
@@ -64,8 +74,9 @@ def tiny_model_for(x: torch.Tensor) -> torch.nn.Module:
 
 def test_sign_ascent_under_l2_takes_normalised_gradient_steps():
     x = torch.full((1, 1, 1, 2), 0.5)
-    moved = sign_ascent(x, lambda z: (3 * z[..., 0] + 4 * z[..., 1]).sum(), eps=1.0, alpha=0.1, steps=1, start="none",
-                        norm="L2")
+    moved = sign_ascent(
+        x, lambda z: (3 * z[..., 0] + 4 * z[..., 1]).sum(), eps=1.0, alpha=0.1, steps=1, start="none", norm="L2"
+    )
     assert torch.allclose(moved - x, torch.tensor([0.06, 0.08]).view(1, 1, 1, 2))  # α·g/‖g‖, g = (3, 4)
 
 
@@ -86,8 +97,19 @@ def test_attacks_declare_their_norms_and_linf_radii_stay_in_the_unit_box():
 
 
 def digits_l2(**overrides) -> TrainConfig:
-    values = dict(dataset="digits", model="small-cnn", norm="L2", eps=0.5, epochs=1, batch_size=64, lr=0.05,
-                  val_steps=3, val_size=100, device="cpu", options={"attack": {"steps": 3}})
+    values = dict(
+        dataset="digits",
+        model="small-cnn",
+        norm="L2",
+        eps=0.5,
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+        val_steps=3,
+        val_size=100,
+        device="cpu",
+        options={"attack": {"steps": 3}},
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -100,19 +122,38 @@ def test_training_under_l2_attacks_and_validates_in_l2(tmp_path):
     assert config["norm"] == "L2" and config["options"]["attack"]["norm"] == "L2"
     # ℓ∞ PGD at ε = 0.5 would leave nothing robust; the ℓ2 ball of 0.5 on 8×8 digits leaves most examples.
     assert trainer.history[-1]["val_robust_acc"] > 0.3
-    report = subprocess.run([sys.executable, "-m", "advkit", "eval", str(tmp_path / "run"), "--attack", "pgd",
-                             "--n-examples", "50", "--quiet", "--json", str(tmp_path / "r.json")],
-                            capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "advkit",
+            "eval",
+            str(tmp_path / "run"),
+            "--attack",
+            "pgd",
+            "--n-examples",
+            "50",
+            "--quiet",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr
     assert json.loads((tmp_path / "r.json").read_text())["norm"] == "L2"  # eval defaults to the run's norm
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"eps": None}, "--norm L2 needs --eps"),
-    ({"norm": "L1"}, "--norm must be one of Linf, L2"),
-    ({"norm": "Linf", "eps": 1.5}, "--eps must lie in \\[0, 1\\] for Linf"),
-    ({"options": {"attack": {"norm": "Linf"}}}, "attack option norm=Linf differs from the run's --norm L2"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"eps": None}, "--norm L2 needs --eps"),
+        ({"norm": "L1"}, "--norm must be one of Linf, L2"),
+        ({"norm": "Linf", "eps": 1.5}, "--eps must lie in \\[0, 1\\] for Linf"),
+        ({"options": {"attack": {"norm": "Linf"}}}, "attack option norm=Linf differs from the run's --norm L2"),
+    ],
+)
 def test_threat_model_mistakes_are_one_line_errors(tmp_path, overrides, message):
     with pytest.raises(AdvkitError, match=message):
         Trainer(digits_l2(**overrides), tmp_path / "run", progress=False)

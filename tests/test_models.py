@@ -13,17 +13,20 @@ from advkit.models import MODELS, NormalizedModel, WideResNet, build_model, pars
 TINY_RGB = DatasetInfo("toy-rgb", 7, (3, 16, 16), (0.1, 0.2, 0.3), (0.5, 0.25, 2.0), 0, False)
 
 
-@pytest.mark.parametrize(("name", "info", "size"), [
-    ("resnet18", CIFAR10_INFO, 32),
-    ("resnet18", MNIST_INFO, 8),  # one channel, and the smallest input the CIFAR networks accept
-    ("preact-resnet18", TINY_RGB, 16),
-    ("wrn-10-1", CIFAR10_INFO, 32),
-    ("wrn-16-2", MNIST_INFO, 28),
-    ("mobilenetv2", TINY_RGB, 32),
-    ("small-cnn", DIGITS_INFO, 8),
-    ("small-cnn", MNIST_INFO, 28),
-    ("small-cnn", TINY_RGB, 32),
-])
+@pytest.mark.parametrize(
+    ("name", "info", "size"),
+    [
+        ("resnet18", CIFAR10_INFO, 32),
+        ("resnet18", MNIST_INFO, 8),  # one channel, and the smallest input the CIFAR networks accept
+        ("preact-resnet18", TINY_RGB, 16),
+        ("wrn-10-1", CIFAR10_INFO, 32),
+        ("wrn-16-2", MNIST_INFO, 28),
+        ("mobilenetv2", TINY_RGB, 32),
+        ("small-cnn", DIGITS_INFO, 8),
+        ("small-cnn", MNIST_INFO, 28),
+        ("small-cnn", TINY_RGB, 32),
+    ],
+)
 def test_architecture_gives_logits_and_input_gradients(name: str, info: DatasetInfo, size: int) -> None:
     torch.manual_seed(0)
     model = build_model(name, info)
@@ -37,11 +40,14 @@ def test_architecture_gives_logits_and_input_gradients(name: str, info: DatasetI
         assert model(x[:1]).shape == (1, info.num_classes)
 
 
-@pytest.mark.parametrize(("name", "parameters"), [
-    ("resnet18", 11_173_962),  # the CIFAR ResNet-18 every distillation repo uses
-    ("mobilenetv2", 2_296_922),
-    ("wrn-34-10", 46_160_474),  # TRADES WRN-34-10 without its unused sub_block1
-])
+@pytest.mark.parametrize(
+    ("name", "parameters"),
+    [
+        ("resnet18", 11_173_962),  # the CIFAR ResNet-18 every distillation repo uses
+        ("mobilenetv2", 2_296_922),
+        ("wrn-34-10", 46_160_474),  # TRADES WRN-34-10 without its unused sub_block1
+    ],
+)
 def test_reference_parameter_counts(name: str, parameters: int) -> None:
     model = build_model(name, CIFAR10_INFO)
     assert sum(p.numel() for p in model.parameters()) == parameters
@@ -89,12 +95,15 @@ def test_unknown_model_lists_names_and_closest_match() -> None:
     assert all(name in message for name in MODELS) and "timm:<name>" in message
 
 
-@pytest.mark.parametrize(("name", "pattern"), [
-    ("wrn-33-10", r"depth must be 6n\+4.*28 or 34"),
-    ("wrn-4-10", r"depth must be 6n\+4.*10 or 16"),
-    ("wrn-34-0", "width must be at least 1"),
-    ("wrn-34", "wrn-<depth>-<width>"),
-])
+@pytest.mark.parametrize(
+    ("name", "pattern"),
+    [
+        ("wrn-33-10", r"depth must be 6n\+4.*28 or 34"),
+        ("wrn-4-10", r"depth must be 6n\+4.*10 or 16"),
+        ("wrn-34-0", "width must be at least 1"),
+        ("wrn-34", "wrn-<depth>-<width>"),
+    ],
+)
 def test_bad_wrn_spec(name: str, pattern: str) -> None:
     with pytest.raises(AdvkitError, match=pattern):
         build_model(name, CIFAR10_INFO)

@@ -1,4 +1,5 @@
 import math
+from itertools import pairwise
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_schedule_linear_decreasing_and_constant():
     schedule = Schedule.parse("2.5:2:linear")
     values = [schedule.at(t / 10) for t in range(11)]
     assert values[0] == 2.5 and values[-1] == 2.0
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in pairwise(values))
     assert Schedule.parse("3").at(0.7) == 3.0
     assert str(Schedule.parse("0.7:0.95")) == "0.7:0.95"
 

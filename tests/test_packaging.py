@@ -56,12 +56,19 @@ def test_pip_check_finds_no_conflict():
 
 def test_the_version_lives_in_one_place_and_every_plugin_accepts_it():
     assert metadata.version("advkit") == advkit.__version__
-    plugins = sorted({entry.dist.name for group in ("advkit.rectifiers", "advkit.attacks", "advkit.objectives")
-                      for entry in metadata.entry_points(group=group) if entry.dist.name != "advkit"})
+    plugins = sorted(
+        {
+            entry.dist.name
+            for group in ("advkit.rectifiers", "advkit.attacks", "advkit.objectives")
+            for entry in metadata.entry_points(group=group)
+            if entry.dist.name != "advkit"
+        }
+    )
     assert len(plugins) >= 7
     for plugin in plugins:
-        requirement = next(Requirement(line) for line in metadata.requires(plugin) or []
-                           if Requirement(line).name == "advkit")
+        requirement = next(
+            Requirement(line) for line in metadata.requires(plugin) or [] if Requirement(line).name == "advkit"
+        )
         assert requirement.specifier, f"{plugin} depends on an unversioned advkit"
         assert advkit.__version__ in requirement.specifier, f"{plugin} requires {requirement}"
     assert "version = attr: advkit.__version__" in (REPO / "setup.cfg").read_text()
@@ -95,9 +102,12 @@ def test_robustbench_overwritten_by_torchattacks_copy_stops_with_the_repair(tmp_
     own = {"robustbench/__init__.py": b"from .eval import benchmark\n"}
     distribution = _fake_distribution(tmp_path, {"robustbench/__init__.py": b"# from .eval import benchmark\n"}, own)
     monkeypatch.setattr(compat.metadata, "distribution", lambda name: distribution)
-    with pytest.raises(AdvkitError, match=r"replaced by the old copy inside the torchattacks wheel \(1 files, e\.g\. "
-                                          r"robustbench/__init__\.py\); repair: pip install --no-deps --force-reinstall "
-                                          r"robustbench==1\.1\.1"):
+    with pytest.raises(
+        AdvkitError,
+        match=r"replaced by the old copy inside the torchattacks wheel \(1 files, e\.g\. "
+        r"robustbench/__init__\.py\); repair: pip install --no-deps --force-reinstall "
+        r"robustbench==1\.1\.1",
+    ):
         import_robustbench()
 
 
@@ -117,7 +127,9 @@ def test_timm_pretrained_teacher_loads_from_a_local_hugging_face_cache(tmp_path,
     repository = "models--" + reference.pretrained_cfg["hf_hub_id"].replace("/", "--")
     snapshot = tmp_path / repository / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
-    save_file({key: value.contiguous() for key, value in reference.state_dict().items()}, snapshot / "model.safetensors")
+    save_file(
+        {key: value.contiguous() for key, value in reference.state_dict().items()}, snapshot / "model.safetensors"
+    )
     (tmp_path / repository / "refs").mkdir()
     (tmp_path / repository / "refs" / "main").write_text(snapshot.name)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -139,8 +151,11 @@ def test_timm_without_hub_support_says_why_and_what_to_do(monkeypatch):
     compat.import_timm()
     monkeypatch.setattr("timm.models._hub._has_hf_hub", False)
     imagenet_like = DatasetInfo("imagenet-like", 1000, (3, 32, 32), (0.5,) * 3, (0.25,) * 3, 0, False)
-    with pytest.raises(AdvkitError, match=r"huggingface_hub \S+ is installed but timm \S+ cannot use it: "
-                                          r"pip install 'huggingface_hub>=0\.23,<1\.0'.*timm:resnet10t@FILE"):
+    with pytest.raises(
+        AdvkitError,
+        match=r"huggingface_hub \S+ is installed but timm \S+ cannot use it: "
+        r"pip install 'huggingface_hub>=0\.23,<1\.0'.*timm:resnet10t@FILE",
+    ):
         load_teacher("timm:resnet10t", imagenet_like, "cpu")
 
 

@@ -64,19 +64,33 @@ def registry(tmp_path, monkeypatch) -> Registry:
     info = root / "probe_plugin-0.1.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: probe-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent("""
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent("""
         [advkit.rectifiers]
         probe = probe_mod:Probe
-        """))
+        """)
+    )
     (root / "probe_mod.py").write_text(PROBE)
     monkeypatch.syspath_prepend(str(root))
     return Registry()
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(dataset="digits", model="small-cnn", objective="at", rectifier="probe", eps=0.1, epochs=2,
-                  batch_size=64, lr=0.05, val_steps=1, val_size=100, seed=3, device="cpu",
-                  options={"attack": {"steps": 1}})
+    values = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective="at",
+        rectifier="probe",
+        eps=0.1,
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        val_steps=1,
+        val_size=100,
+        seed=3,
+        device="cpu",
+        options={"attack": {"steps": 1}},
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -115,16 +129,24 @@ def test_hooks_run_in_order_around_validation_and_metrics_reach_metrics_jsonl(tm
 def test_a_mid_epoch_resume_calls_no_second_epoch_start_and_restores_metric_totals(tmp_path, registry):
     _, resumed = straight_and_resumed(config(), tmp_path, stop_after_steps=22, registry=registry)  # epoch 2, step 2
     straight, stopped = tmp_path / "straight", tmp_path / "resumed"
-    assert resumed.rectifier.events == [("start", 1), ("end", 1, ["val_clean_acc", "val_robust_acc"]), ("start", 2),
-                                        ("end", 2, ["val_clean_acc", "val_robust_acc"])]
-    for a, b in zip(records(straight), records(stopped)):
+    assert resumed.rectifier.events == [
+        ("start", 1),
+        ("end", 1, ["val_clean_acc", "val_robust_acc"]),
+        ("start", 2),
+        ("end", 2, ["val_clean_acc", "val_robust_acc"]),
+    ]
+    for a, b in zip(records(straight), records(stopped), strict=True):
         assert a["probe_index_mean"] == b["probe_index_mean"] and a["probe_seen"] == b["probe_seen"]
         assert a["val_robust_acc"] == b["val_robust_acc"]
 
 
 def test_a_metric_named_like_the_trainers_own_is_refused(tmp_path, registry):
-    trainer = Trainer(config(epochs=1, options={"attack": {"steps": 1}, "probe": {"metric_name": "train_loss"}}),
-                      tmp_path / "run", registry=registry, progress=False)
+    trainer = Trainer(
+        config(epochs=1, options={"attack": {"steps": 1}, "probe": {"metric_name": "train_loss"}}),
+        tmp_path / "run",
+        registry=registry,
+        progress=False,
+    )
     with pytest.raises(AdvkitError, match="metric named 'train_loss', which is the trainer's own"):
         trainer.fit()
 
@@ -134,16 +156,26 @@ def test_a_run_extends_only_while_no_component_follows_the_length_of_training(tm
     Trainer(constant, tmp_path / "constant", registry=registry, progress=False).fit()
     extended = Trainer.resume_run(tmp_path / "constant", epochs=2, registry=registry, progress=False)
     assert extended.rectifier.length_dependent_options() == []
-    annealed = config(epochs=1, lr_schedule="constant", options={"attack": {"steps": 1}, "rectifier": {"weight": "1:0.5"}})
+    annealed = config(
+        epochs=1, lr_schedule="constant", options={"attack": {"steps": 1}, "rectifier": {"weight": "1:0.5"}}
+    )
     Trainer(annealed, tmp_path / "annealed", registry=registry, progress=False).fit()
-    with pytest.raises(AdvkitError, match=r"rectifier 'probe' follows the length of training through "
-                                          r"rectifier\.weight=1:0\.5 \(a schedule over the whole run"):
+    with pytest.raises(
+        AdvkitError,
+        match=r"rectifier 'probe' follows the length of training through "
+        r"rectifier\.weight=1:0\.5 \(a schedule over the whole run",
+    ):
         Trainer.resume_run(tmp_path / "annealed", epochs=2, registry=registry, progress=False)
 
 
 def test_log_metric_takes_scalars_only():
-    ctx = StepContext(model=torch.nn.Identity(), x=torch.zeros(2, 3), y=torch.zeros(2, dtype=torch.long),
-                      num_classes=3, progress=Progress(0, 0, 1, 1))
+    ctx = StepContext(
+        model=torch.nn.Identity(),
+        x=torch.zeros(2, 3),
+        y=torch.zeros(2, dtype=torch.long),
+        num_classes=3,
+        progress=Progress(0, 0, 1, 1),
+    )
     ctx.log_metric("fine", 2.5)
     assert ctx.metrics["fine"].item() == 2.5
     with pytest.raises(ValueError, match="takes a scalar"):
@@ -162,7 +194,9 @@ def test_loader_indices_match_the_data_on_every_rank_and_after_a_mid_epoch_start
     shards = [BatchLoader(data, 8, shuffle=True, drop_last=True, seed=2, rank=r, world_size=2) for r in (0, 1)]
     for shard in shards:
         shard.set_epoch(1)
-    for (_, _, whole), (_, _, part0), (_, _, part1) in zip(batches, *(shard.indexed() for shard in shards)):
+    for (_, _, whole), (_, _, part0), (_, _, part1) in zip(
+        batches, *(shard.indexed() for shard in shards), strict=True
+    ):
         assert torch.equal(torch.cat([part0, part1]), whole)
 
 
@@ -194,9 +228,24 @@ def test_eval_runs_and_lists_installed_attacks_as_plugin_names(tmp_path):
     run = train_digits(tmp_path / "run")
     listing = CliRunner().invoke(cli, ["eval", "--list-attacks"])
     assert listing.exit_code == 0 and "plugin:pgd  [advkit" in listing.output and "norms Linf, L2" in listing.output
-    result = CliRunner().invoke(cli, ["eval", str(run), "--attack", "clean", "--attack", "plugin:pgd:steps=3",
-                                      "--attack", "plugin:fgsm", "--n-examples", "40", "--quiet",
-                                      "--json", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            str(run),
+            "--attack",
+            "clean",
+            "--attack",
+            "plugin:pgd:steps=3",
+            "--attack",
+            "plugin:fgsm",
+            "--n-examples",
+            "40",
+            "--quiet",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert set(report["accuracy"]) == {"clean", "plugin:pgd:steps=3", "plugin:fgsm"}

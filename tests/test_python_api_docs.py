@@ -15,7 +15,12 @@ import torch
 import advkit.registry
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "python-api.md"
-SECTIONS = ("Train and evaluate", "Load a run", "Attacks in a plain script", "Components defined in a script or notebook")
+SECTIONS = (
+    "Train and evaluate",
+    "Load a run",
+    "Attacks in a plain script",
+    "Components defined in a script or notebook",
+)
 
 
 def python_blocks(text: str) -> list[str]:
@@ -25,7 +30,7 @@ def python_blocks(text: str) -> list[str]:
 def test_the_page_has_its_sections_each_with_code():
     text = PAGE.read_text(encoding="utf-8")
     parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
-    sections = dict(zip(parts[1::2], parts[2::2]))
+    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
     for title in SECTIONS:
         assert title in sections, f"docs/python-api.md lacks the section '## {title}'"
         assert python_blocks(sections[title]), f"section '{title}' has no ```python block"

@@ -37,15 +37,29 @@ def write_dist(root, name, version, entry_points, module_name=None, module_text=
 @pytest.fixture
 def plugin_root(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
-    write_dist(tmp_path, "good-plugin", "1.2", """
+    write_dist(
+        tmp_path,
+        "good-plugin",
+        "1.2",
+        """
         [advkit.objectives]
         myobj = good_mod:MyObjective
         notacomponent = good_mod:NotAComponent
-        """, "good_mod", GOOD_MODULE)
-    write_dist(tmp_path, "broken-plugin", "0.1", """
+        """,
+        "good_mod",
+        GOOD_MODULE,
+    )
+    write_dist(
+        tmp_path,
+        "broken-plugin",
+        "0.1",
+        """
         [advkit.objectives]
         broken = broken_mod:Thing
-        """, "broken_mod", "raise ImportError('needs libfoo')\n")
+        """,
+        "broken_mod",
+        "raise ImportError('needs libfoo')\n",
+    )
     return tmp_path
 
 
@@ -79,10 +93,15 @@ def test_unknown_name_lists_choices_and_suggests(plugin_root):
 
 
 def test_duplicate_names_across_distributions_name_both(plugin_root):
-    write_dist(plugin_root, "other-plugin", "3.0", """
+    write_dist(
+        plugin_root,
+        "other-plugin",
+        "3.0",
+        """
         [advkit.objectives]
         myobj = other_mod:MyObjective
-        """)
+        """,
+    )
     with pytest.raises(PluginError) as info:
         Registry([str(plugin_root)]).find("objective", "myobj")
     assert "good-plugin 1.2" in str(info.value) and "other-plugin 3.0" in str(info.value)
@@ -117,9 +136,17 @@ def test_torchattacks_attacks_are_available_with_signature_options(tiny_net):
 def test_builtins_are_registered_through_entry_points():
     registry = Registry()
     builtins = {(e.kind, e.name) for e in registry.entries() if e.distribution == "advkit"}
-    expected = {("rectifier", "onehot"), ("rectifier", "label-smoothing"), ("attack", "pgd"), ("attack", "trades-kl"),
-                ("attack", "fgsm"), ("attack", "none"), ("objective", "standard"), ("objective", "at"),
-                ("objective", "trades")}
+    expected = {
+        ("rectifier", "onehot"),
+        ("rectifier", "label-smoothing"),
+        ("attack", "pgd"),
+        ("attack", "trades-kl"),
+        ("attack", "fgsm"),
+        ("attack", "none"),
+        ("objective", "standard"),
+        ("objective", "at"),
+        ("objective", "trades"),
+    }
     assert expected <= builtins
 
 
@@ -192,7 +219,9 @@ def test_runtime_registration_is_scoped_by_its_handle_and_a_rerun_cell_replaces_
     with registry.register("rectifier", "counting", first) as handle:
         assert registry.load("rectifier", "counting") is first and first.name == "counting"
         entry = registry.find("rectifier", "counting")
-        assert entry.distribution == "(registered at run time)" and entry.target.endswith(":counting_rectifier.<locals>.Counting")
+        assert entry.distribution == "(registered at run time)" and entry.target.endswith(
+            ":counting_rectifier.<locals>.Counting"
+        )
         registry.register("rectifier", "counting", again)  # the same definition, re-run: replaces it
         assert registry.load("rectifier", "counting") is again
         handle.remove()  # the replaced registration's handle leaves the new one alone
@@ -214,13 +243,25 @@ def test_a_runtime_component_trains_is_recorded_and_a_resume_needs_it_registered
     import yaml
 
     import advkit.registry
-    from advkit import Trainer, TrainConfig
+    from advkit import TrainConfig, Trainer
 
     monkeypatch.setattr(advkit.registry, "_DEFAULT", None)  # the CLI below: a fresh process's registry
     Counting = counting_rectifier()
-    config = TrainConfig(dataset="digits", model="small-cnn", objective="at", rectifier="counting", eps=0.1, epochs=2,
-                         batch_size=64, lr=0.05, val_size=100, train_size=128, val_steps=1, device="cpu",
-                         options={"attack": {"steps": 1}, "counting": {"smoothing": 0.2}})
+    config = TrainConfig(
+        dataset="digits",
+        model="small-cnn",
+        objective="at",
+        rectifier="counting",
+        eps=0.1,
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        val_size=100,
+        train_size=128,
+        val_steps=1,
+        device="cpu",
+        options={"attack": {"steps": 1}, "counting": {"smoothing": 0.2}},
+    )
     registry = Registry()
     registry.register("rectifier", "counting", Counting)
     run = tmp_path / "run"

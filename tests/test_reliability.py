@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -19,15 +18,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from advkit import AdvkitError, TrainConfig, Trainer
+from advkit import TrainConfig, Trainer
 from advkit.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_IO, EXIT_PREEMPTED, RunDirectoryBusy, TrainingDiverged
 
 DIGITS = ["--dataset", "digits", "--model", "small-cnn", "--eps", "0.1", "--val-steps", "2", "--quiet"]
 
 
 def digits_config(**overrides) -> TrainConfig:
-    settings = dict(dataset="digits", model="small-cnn", objective="at", eps=0.1, epochs=2, batch_size=64,
-                    lr=0.05, val_steps=2, seed=5, options={"attack": {"steps": "3"}})
+    settings = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective="at",
+        eps=0.1,
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        val_steps=2,
+        seed=5,
+        options={"attack": {"steps": "3"}},
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -50,9 +59,15 @@ def digest(path: Path) -> str:
 def advkit_process(args: list[str], **kwargs) -> subprocess.Popen:
     """``python -m advkit ARGS`` on one thread, with Ctrl-C delivered as in a terminal."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "advkit", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "advkit", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kwargs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- divergence
@@ -109,8 +124,11 @@ def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tmp_path):
 def test_checkpoint_every_writes_mid_epoch_checkpoints_without_changing_the_run(tmp_path, monkeypatch):
     saved = []
     original = Trainer._save_position
-    monkeypatch.setattr(Trainer, "_save_position", lambda self, epoch, step, totals: (
-        saved.append((epoch, step)), original(self, epoch, step, totals))[-1])
+    monkeypatch.setattr(
+        Trainer,
+        "_save_position",
+        lambda self, epoch, step, totals: (saved.append((epoch, step)), original(self, epoch, step, totals))[-1],
+    )
     Trainer(digits_config(epochs=1), tmp_path / "plain", progress=False).fit()
     every = Trainer(digits_config(epochs=1, checkpoint_every=5), tmp_path / "every", progress=False)
     every.fit()
@@ -132,8 +150,10 @@ def _wait_for_line(process: subprocess.Popen, text: str, timeout: float) -> None
     pytest.fail(f"never saw {text!r}: {process.stderr.read()}")
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, EXIT_PREEMPTED), (signal.SIGUSR1, EXIT_PREEMPTED),
-                                            (signal.SIGINT, EXIT_INTERRUPTED)])
+@pytest.mark.parametrize(
+    "signum, status",
+    [(signal.SIGTERM, EXIT_PREEMPTED), (signal.SIGUSR1, EXIT_PREEMPTED), (signal.SIGINT, EXIT_INTERRUPTED)],
+)
 def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path, signum, status):
     args = [*DIGITS, "--epochs", "3", "--batch-size", "16", "--seed", "2", "-o", "attack.steps=3"]
     process = advkit_process(["train", *args, "--out", str(tmp_path / "cut")])
@@ -148,17 +168,30 @@ def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_p
     assert state["epoch"] >= 1
     if signum != signal.SIGTERM:
         return
-    resumed = subprocess.run([sys.executable, "-m", "advkit", "train", "--resume", str(tmp_path / "cut"), "--quiet"],
-                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "advkit", "train", "--resume", str(tmp_path / "cut"), "--quiet"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
-    straight = subprocess.run([sys.executable, "-m", "advkit", "train", *args, "--out", str(tmp_path / "straight")],
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        [sys.executable, "-m", "advkit", "train", *args, "--out", str(tmp_path / "straight")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr
     assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "cut" / "last.pt")
 
 
 # ---------------------------------------------------------------------------------------------- lock
-HOLD_LOCK = "import sys, time; from advkit.rundir import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(120)"
+HOLD_LOCK = (
+    "import sys, time; from advkit.rundir import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); "
+    "print('held', flush=True); time.sleep(120)"
+)
 
 
 def test_a_second_writer_is_refused_with_the_holder_named_and_a_dead_holders_lock_is_taken_over(tmp_path, run_cli):
@@ -200,7 +233,7 @@ def test_two_runs_started_together_into_one_directory(tmp_path):
     assert codes == [0, 2], results
     refused = next(err for code, err in results if code == 2)
     assert "in use by process" in refused or "already holds a run" in refused
-    winner = next(seed for (code, _), seed in zip(results, (0, 1)) if code == 0)
+    winner = next(seed for (code, _), seed in zip(results, (0, 1), strict=True) if code == 0)
     saved = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["config"]
     assert saved["seed"] == winner and f"seed: {winner}" in (tmp_path / "c" / "config.yaml").read_text()
 
@@ -229,11 +262,14 @@ def test_resume_without_last_pt_says_to_start_again(tmp_path, run_cli):
     assert code == 2 and "holds no last.pt" in err and f"--config {run / 'config.yaml'} --out {run}" in err
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda text: text.replace("model: small-cnn", "model: resnet18"), "model is 'resnet18' there but 'small-cnn'"),
-    (lambda text: text.replace("epochs: 2", "epochs: two"), "setting 'epochs' expects an integer"),
-    (lambda text: text + "\n  - [unclosed", "is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda text: text.replace("model: small-cnn", "model: resnet18"), "model is 'resnet18' there but 'small-cnn'"),
+        (lambda text: text.replace("epochs: 2", "epochs: two"), "setting 'epochs' expects an integer"),
+        (lambda text: text + "\n  - [unclosed", "is not valid YAML"),
+    ],
+)
 def test_resume_of_an_edited_config_is_refused(tmp_path, run_cli, edit, expected):
     run = tmp_path / "run"
     Trainer(digits_config(epochs=2), run, progress=False).fit(stop_after_epoch=1)
@@ -254,7 +290,10 @@ def test_a_failed_checkpoint_write_exits_74_and_keeps_the_previous_checkpoint(tm
     monkeypatch.setattr(torch, "save", disk_full)
     code, _, err = run_cli(["train", "--resume", str(run), "--quiet"])
     assert code == EXIT_IO, err
-    assert err.strip() == f"advkit: error: cannot write {run / 'last.pt'}: No space left on device; the previous file is unchanged"
+    assert (
+        err.strip()
+        == f"advkit: error: cannot write {run / 'last.pt'}: No space left on device; the previous file is unchanged"
+    )
     assert digest(run / "last.pt") == before and not list(run.glob(".*.tmp"))
 
 
@@ -350,14 +389,31 @@ def test_an_ignored_sigint_stays_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
-KILL_ARGS = [*DIGITS, "--epochs", "2", "--batch-size", "16", "--seed", "4", "-o", "attack.steps=2", "--checkpoint-every", "7"]
+KILL_ARGS = [
+    *DIGITS,
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--seed",
+    "4",
+    "-o",
+    "attack.steps=2",
+    "--checkpoint-every",
+    "7",
+]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("straight") / "run"
-    done = subprocess.run([sys.executable, "-m", "advkit", "train", *KILL_ARGS, "--out", str(out)], timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "advkit", "train", *KILL_ARGS, "--out", str(out)],
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     return out
 
@@ -375,8 +431,13 @@ def test_kill_9_at_any_moment_leaves_loadable_files_and_an_exact_resume(tmp_path
         json.loads(line)
     if not (cut / "last.pt").exists():
         return  # killed before the first checkpoint: nothing to resume, and nothing half-written either
-    resumed = subprocess.run([sys.executable, "-m", "advkit", "train", "--resume", str(cut), "--quiet"], timeout=300,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "advkit", "train", "--resume", str(cut), "--quiet"],
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(uninterrupted / "last.pt", cut / "last.pt")
     assert not list(cut.glob(".*.tmp"))

@@ -80,8 +80,21 @@ def test_sanity_cli_reports_and_exit_status(run_dir, tmp_path, run_cli, monkeypa
 
     failing = CheckResult("unbounded attack", False, "accuracy 40.00% (expected ≤ 1.00%)", {"accuracy": 0.4})
     monkeypatch.setattr(advkit.sanity, "run_sanity_checks", lambda *args, **kwargs: [failing])
-    code, out, err = run_cli(["sanity", str(run_dir), "--n-examples", "8", "--quiet", "--device", "cpu",
-                              "--json", str(tmp_path / "s.json"), "--markdown", str(tmp_path / "s.md")])
+    code, out, err = run_cli(
+        [
+            "sanity",
+            str(run_dir),
+            "--n-examples",
+            "8",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "s.json"),
+            "--markdown",
+            str(tmp_path / "s.md"),
+        ]
+    )
     assert code == 1
     assert "FAIL  unbounded attack  accuracy 40.00%" in out and "1 of 1 checks failed" in out
     report = json.loads((tmp_path / "s.json").read_text())
@@ -90,8 +103,21 @@ def test_sanity_cli_reports_and_exit_status(run_dir, tmp_path, run_cli, monkeypa
 
 
 def test_sanity_cli_passes_on_an_honest_model(run_dir, tmp_path, run_cli):
-    code, out, err = run_cli(["sanity", str(run_dir), "--n-examples", str(N), "--queries", "200", "--quiet",
-                              "--device", "cpu", "--json", str(tmp_path / "s.json")])
+    code, out, err = run_cli(
+        [
+            "sanity",
+            str(run_dir),
+            "--n-examples",
+            str(N),
+            "--queries",
+            "200",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "s.json"),
+        ]
+    )
     assert code == 0, out + err
     assert out.count("PASS") == 5 and "all checks passed" in out
     checks = {check["name"].split(" (")[0]: check for check in json.loads((tmp_path / "s.json").read_text())["checks"]}

@@ -58,8 +58,17 @@ def test_split_seed_shares_one_split_across_run_seeds(tmp_path):
     from advkit import TrainConfig
 
     def trainer(seed):
-        config = TrainConfig(dataset="digits", model="small-cnn", eps=0.1, epochs=1, train_size=300, val_size=100,
-                             split_seed=7, seed=seed, device="cpu")
+        config = TrainConfig(
+            dataset="digits",
+            model="small-cnn",
+            eps=0.1,
+            epochs=1,
+            train_size=300,
+            val_size=100,
+            split_seed=7,
+            seed=seed,
+            device="cpu",
+        )
         return Trainer(config, tmp_path / f"s{seed}", progress=False)
 
     first, second = trainer(0), trainer(1)
@@ -84,16 +93,38 @@ def test_cnn3_has_the_issue_shape(name, width):
 # --- advkit summarize on hand-made runs -----------------------------------------------------------------------
 
 
-def make_run(folder: Path, *, seed: int, objective: str, robust: list[float], eval_best: dict | None = None,
-             eval_last: dict | None = None, select: str = "model") -> Path:
+def make_run(
+    folder: Path,
+    *,
+    seed: int,
+    objective: str,
+    robust: list[float],
+    eval_best: dict | None = None,
+    eval_last: dict | None = None,
+    select: str = "model",
+) -> Path:
     folder.mkdir(parents=True)
-    config = {"dataset": "digits", "objective": objective, "seed": seed, "select": select, "device": "cpu",
-              "checkpoint_every": None}
+    config = {
+        "dataset": "digits",
+        "objective": objective,
+        "seed": seed,
+        "select": select,
+        "device": "cpu",
+        "checkpoint_every": None,
+    }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     key = "val_wa_robust_acc" if select == "wa" else "val_robust_acc"
-    lines = [{"epoch": epoch, key: value, key.replace("robust", "clean"): value + 0.2, "time_s": 10.0 * epoch,
-              "val_robust_acc": value, "val_clean_acc": value + 0.2}
-             for epoch, value in enumerate(robust, start=1)]
+    lines = [
+        {
+            "epoch": epoch,
+            key: value,
+            key.replace("robust", "clean"): value + 0.2,
+            "time_s": 10.0 * epoch,
+            "val_robust_acc": value,
+            "val_clean_acc": value + 0.2,
+        }
+        for epoch, value in enumerate(robust, start=1)
+    ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     for name, report in (("best", eval_best), ("last", eval_last)):
         if report is not None:
@@ -109,10 +140,22 @@ def report(clean: float, *robust: tuple[str, float], worst: float | None = None)
 @pytest.fixture
 def three_runs(tmp_path):
     study = tmp_path / "study"
-    make_run(study / "at" / "seed0", seed=0, objective="at", robust=[0.50, 0.60, 0.55],
-             eval_best=report(0.80, ("autoattack", 0.50)), eval_last=report(0.78, ("apgd-ce", 0.47), ("apgd-t", 0.45)))
-    make_run(study / "at" / "seed1", seed=1, objective="at", robust=[0.52, 0.64, 0.58],
-             eval_best=report(0.82, ("autoattack", 0.54)), eval_last=report(0.80, ("apgd-ce", 0.50), ("apgd-t", 0.49)))
+    make_run(
+        study / "at" / "seed0",
+        seed=0,
+        objective="at",
+        robust=[0.50, 0.60, 0.55],
+        eval_best=report(0.80, ("autoattack", 0.50)),
+        eval_last=report(0.78, ("apgd-ce", 0.47), ("apgd-t", 0.45)),
+    )
+    make_run(
+        study / "at" / "seed1",
+        seed=1,
+        objective="at",
+        robust=[0.52, 0.64, 0.58],
+        eval_best=report(0.82, ("autoattack", 0.54)),
+        eval_last=report(0.80, ("apgd-ce", 0.50), ("apgd-t", 0.49)),
+    )
     make_run(study / "trades" / "seed0", seed=0, objective="trades", robust=[0.40, 0.50])
     return study
 
@@ -131,7 +174,9 @@ def test_read_run_takes_best_by_validation_and_the_worst_case_as_test_robust(thr
 def test_select_wa_runs_are_read_on_the_weight_averaged_columns(tmp_path):
     folder = make_run(tmp_path / "wa" / "seed0", seed=0, objective="at", robust=[0.3, 0.7, 0.6], select="wa")
     run = read_run(folder)
-    assert run.values["val robust (best)"] == pytest.approx(0.7) and run.values["val clean (best)"] == pytest.approx(0.9)
+    assert run.values["val robust (best)"] == pytest.approx(0.7) and run.values["val clean (best)"] == pytest.approx(
+        0.9
+    )
 
 
 def test_summarize_groups_by_configuration_minus_seed_with_mean_and_sample_std(three_runs):
@@ -176,27 +221,46 @@ def test_summarize_cli_writes_csv_and_refuses_a_folder_without_runs(three_runs, 
 
 # --- grid files ------------------------------------------------------------------------------------------------
 
-BASE = {"dataset": "digits", "model": "small-cnn", "eps": 0.1, "epochs": 1, "batch_size": 64, "lr": 0.05,
-        "val_steps": 1, "device": "cpu", "options": {"attack": {"steps": 2}}}
+BASE = {
+    "dataset": "digits",
+    "model": "small-cnn",
+    "eps": 0.1,
+    "epochs": 1,
+    "batch_size": 64,
+    "lr": 0.05,
+    "val_steps": 1,
+    "device": "cpu",
+    "options": {"attack": {"steps": 2}},
+}
 
 
 def write_grid(path: Path, runs: dict, **top) -> Path:
-    grid = {"out": str(path.parent / "study"), "jobs": 2, "seeds": [0], "base": BASE,
-            "evaluate": {"n_examples": 60, "best": ["clean", "fgsm"], "last": []}, "runs": runs, **top}
+    grid = {
+        "out": str(path.parent / "study"),
+        "jobs": 2,
+        "seeds": [0],
+        "base": BASE,
+        "evaluate": {"n_examples": 60, "best": ["clean", "fgsm"], "last": []},
+        "runs": runs,
+        **top,
+    }
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"jbos": 2}, "unknown key 'jbos' in the grid; did you mean 'jobs'"),
-    ({"seeds": [0, 0]}, "seeds lists a seed twice"),
-    ({"seeds": "0"}, "seeds must be a non-empty list of integers"),
-    ({"runs": {"at": {"epohcs": 3}}}, "run 'at': unknown setting 'epohcs'; did you mean 'epochs'"),
-    ({"runs": {"at": {"epochs": 0}}}, "run 'at': --epochs must be at least 1"),
-    ({"runs": {"at": {"seed": 1}}}, "run 'at' sets 'seed'"),
-    ({"runs": {}}, "'runs' is empty"),
-    ({"evaluate": {"best": "autoattack"}}, "evaluate.best must be a list of attack specs"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"jbos": 2}, "unknown key 'jbos' in the grid; did you mean 'jobs'"),
+        ({"seeds": [0, 0]}, "seeds lists a seed twice"),
+        ({"seeds": "0"}, "seeds must be a non-empty list of integers"),
+        ({"runs": {"at": {"epohcs": 3}}}, "run 'at': unknown setting 'epohcs'; did you mean 'epochs'"),
+        ({"runs": {"at": {"epochs": 0}}}, "run 'at': --epochs must be at least 1"),
+        ({"runs": {"at": {"seed": 1}}}, "run 'at' sets 'seed'"),
+        ({"runs": {}}, "'runs' is empty"),
+        ({"evaluate": {"best": "autoattack"}}, "evaluate.best must be a list of attack specs"),
+    ],
+)
 def test_grid_mistakes_are_one_line_errors_naming_the_place(tmp_path, change, message):
     grid = write_grid(tmp_path / "grid.yaml", {"at": {}})
     data = yaml.safe_load(grid.read_text())
@@ -207,8 +271,11 @@ def test_grid_mistakes_are_one_line_errors_naming_the_place(tmp_path, change, me
 
 
 def test_grid_expands_rows_by_seed_and_puts_a_teacher_first(tmp_path):
-    grid = write_grid(tmp_path / "grid.yaml", {"at": {}, "ard": {"objective": "ard", "teacher": "{out}/teacher/seed0"},
-                                               "teacher": {"seeds": [0]}}, seeds=[0, 1])
+    grid = write_grid(
+        tmp_path / "grid.yaml",
+        {"at": {}, "ard": {"objective": "ard", "teacher": "{out}/teacher/seed0"}, "teacher": {"seeds": [0]}},
+        seeds=[0, 1],
+    )
     study = load_study(grid)
     assert [run.name for run in study.runs] == ["at/seed0", "at/seed1", "ard/seed0", "ard/seed1", "teacher/seed0"]
     ard = study.runs[2]
@@ -260,11 +327,16 @@ def test_study_runs_skips_resumes_evaluates_and_summarises(tmp_path):
 
 
 def test_a_failed_teacher_skips_its_students_and_the_study_exits_1(tmp_path):
-    grid = write_grid(tmp_path / "grid.yaml", {
-        "teacher": {"extra_data": str(tmp_path / "missing.npz")},  # fails as it starts
-        "ard": {"objective": "ard", "teacher": "{out}/teacher/seed0"}})
-    process = subprocess.run([sys.executable, "-m", "advkit", "study", str(grid)], capture_output=True, text=True,
-                             timeout=300)
+    grid = write_grid(
+        tmp_path / "grid.yaml",
+        {
+            "teacher": {"extra_data": str(tmp_path / "missing.npz")},  # fails as it starts
+            "ard": {"objective": "ard", "teacher": "{out}/teacher/seed0"},
+        },
+    )
+    process = subprocess.run(
+        [sys.executable, "-m", "advkit", "study", str(grid)], capture_output=True, text=True, timeout=300
+    )
     assert process.returncode == 1, process.stdout + process.stderr
     assert "FAILED train teacher/seed0" in process.stdout and "missing.npz" in process.stdout
     assert "skip   train ard/seed0: train teacher/seed0 failed" in process.stdout

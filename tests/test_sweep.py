@@ -25,14 +25,29 @@ from advkit.rundir import check_not_busy  # noqa: E402
 from advkit.sweeps.space import load_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"dataset": "digits", "model": "small-cnn", "rectifier": "adr", "eps": 0.1, "epochs": 2, "batch_size": 64,
-        "train_size": 256, "val_size": 64, "val_steps": 1, "device": "cpu", "options": {"attack.steps": 2}}
-SPACE = {"lr": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
-         "adr.temperature": {"type": "schedule", "start": {"low": 1.5, "high": 4.0}, "end": {"low": 1.0, "high": 2.5}}}
+BASE = {
+    "dataset": "digits",
+    "model": "small-cnn",
+    "rectifier": "adr",
+    "eps": 0.1,
+    "epochs": 2,
+    "batch_size": 64,
+    "train_size": 256,
+    "val_size": 64,
+    "val_steps": 1,
+    "device": "cpu",
+    "options": {"attack.steps": 2},
+}
+SPACE = {
+    "lr": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
+    "adr.temperature": {"type": "schedule", "start": {"low": 1.5, "high": 4.0}, "end": {"low": 1.0, "high": 2.5}},
+}
 
 
 def write_space(path: Path, base: dict | None = None, space: dict | None = None, **more) -> Path:
-    path.write_text(yaml.safe_dump({"base": {**BASE, **(base or {})}, "space": space or SPACE, **more}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump({"base": {**BASE, **(base or {})}, "space": space or SPACE, **more}, sort_keys=False)
+    )
     return path
 
 
@@ -48,11 +63,11 @@ def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment(), cwd=ROOT)
 
 
-def load_study(out: Path, name: str) -> "optuna.Study":
+def load_study(out: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
 
 
-def states(study: "optuna.Study") -> list[str]:
+def states(study: optuna.Study) -> list[str]:
     return [trial.state.name for trial in study.get_trials()]
 
 
@@ -122,8 +137,19 @@ def test_the_same_command_again_runs_nothing(run_cli, finished):
 def test_best_yaml_reproduces_the_best_trial(finished, tmp_path):
     _, out, _ = finished
     best = load_study(out, "digits").best_trial
-    process = run([sys.executable, "-m", "advkit", "train", "--config", str(out / "best.yaml"), "--out",
-                   str(tmp_path / "again"), "--quiet"])
+    process = run(
+        [
+            sys.executable,
+            "-m",
+            "advkit",
+            "train",
+            "--config",
+            str(out / "best.yaml"),
+            "--out",
+            str(tmp_path / "again"),
+            "--quiet",
+        ]
+    )
     assert process.returncode == 0, process.stderr
 
     def without_time(run_dir: Path) -> list[dict]:
@@ -198,10 +224,12 @@ def test_two_local_workers_run_at_once_and_a_trial_scores_the_mean_over_its_seed
 
 def test_the_median_pruner_stops_a_lagging_trial_whose_child_saves_and_exits(run_cli, tmp_path):
     # Trial 0 validates at ε = 0 (robust = clean accuracy, high after one epoch); trial 1 at ε = 0.5 (near zero).
-    space = write_space(tmp_path / "prune.yaml", base={"epochs": 3, "train_size": 1024, "batch_size": 32, "lr": 0.1,
-                                                        "rectifier": None},
-                        space={"eps": {"type": "categorical", "choices": [0.0, 0.5]}},
-                        enqueue=[{"eps": 0.0}, {"eps": 0.5}])
+    space = write_space(
+        tmp_path / "prune.yaml",
+        base={"epochs": 3, "train_size": 1024, "batch_size": 32, "lr": 0.1, "rectifier": None},
+        space={"eps": {"type": "categorical", "choices": [0.0, 0.5]}},
+        enqueue=[{"eps": 0.0}, {"eps": 0.5}],
+    )
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(sweep_args(space, out, "--trials", "2", "--pruner", "median:startup=1"))
     assert code == 0, stdout + stderr
@@ -217,22 +245,44 @@ def test_the_median_pruner_stops_a_lagging_trial_whose_child_saves_and_exits(run
 # --- bad input: one line, exit 2, nothing written ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("space, flags, message", [
-    ({"lrr": {"type": "float", "low": 0.01, "high": 0.1}}, [], "unknown parameter 'lrr'; did you mean 'lr'?"),
-    ({"adr.tau": {"type": "float", "low": 1, "high": 2}}, [], "parameter 'adr.tau' at 1.0: rectifier 'adr': unknown option 'tau'"),
-    ({"adr.decay": {"type": "float", "low": 0.9, "high": 1.0}}, [], "parameter 'adr.decay' at 1.0: rectifier 'adr': option 'decay' must lie in (0, 1)"),
-    ({"adr.interpolation": {"type": "schedule", "start": 0.7, "end": {"low": 0.9, "high": 1.5}}}, [],
-     "option 'interpolation' must lie in [0, 1], got 0.7:1.5"),
-    ({"momentum": {"type": "float", "low": 0.5, "high": 1.0}}, [], "parameter 'momentum' at 1.0: --momentum must lie in [0, 1)"),
-    ({"trades.beta": {"type": "float", "low": 1, "high": 6}}, [], "option prefix 'trades' matches no selected component"),
-    ({"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, [], "space.lr: a log range needs low > 0"),
-    (None, ["--storage", "sqlite:////nonexistent-folder/x.db"], "folder /nonexistent-folder does not exist"),
-    (None, ["--storage", "postgresql://nobody@127.0.0.1:1/none"], "@127.0.0.1:1/none: cannot open the database"),
-    (None, ["--storage", "nosuchdb://x"], "no database driver for it"),
-    (None, ["--pruner", "median:startup=x"], "--pruner median:startup=x: startup must be an integer"),
-    (None, ["--seeds", "0,0"], "--seeds must list distinct non-negative integers"),
-    (None, ["--trials", "0"], "--trials must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "space, flags, message",
+    [
+        ({"lrr": {"type": "float", "low": 0.01, "high": 0.1}}, [], "unknown parameter 'lrr'; did you mean 'lr'?"),
+        (
+            {"adr.tau": {"type": "float", "low": 1, "high": 2}},
+            [],
+            "parameter 'adr.tau' at 1.0: rectifier 'adr': unknown option 'tau'",
+        ),
+        (
+            {"adr.decay": {"type": "float", "low": 0.9, "high": 1.0}},
+            [],
+            "parameter 'adr.decay' at 1.0: rectifier 'adr': option 'decay' must lie in (0, 1)",
+        ),
+        (
+            {"adr.interpolation": {"type": "schedule", "start": 0.7, "end": {"low": 0.9, "high": 1.5}}},
+            [],
+            "option 'interpolation' must lie in [0, 1], got 0.7:1.5",
+        ),
+        (
+            {"momentum": {"type": "float", "low": 0.5, "high": 1.0}},
+            [],
+            "parameter 'momentum' at 1.0: --momentum must lie in [0, 1)",
+        ),
+        (
+            {"trades.beta": {"type": "float", "low": 1, "high": 6}},
+            [],
+            "option prefix 'trades' matches no selected component",
+        ),
+        ({"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, [], "space.lr: a log range needs low > 0"),
+        (None, ["--storage", "sqlite:////nonexistent-folder/x.db"], "folder /nonexistent-folder does not exist"),
+        (None, ["--storage", "postgresql://nobody@127.0.0.1:1/none"], "@127.0.0.1:1/none: cannot open the database"),
+        (None, ["--storage", "nosuchdb://x"], "no database driver for it"),
+        (None, ["--pruner", "median:startup=x"], "--pruner median:startup=x: startup must be an integer"),
+        (None, ["--seeds", "0,0"], "--seeds must list distinct non-negative integers"),
+        (None, ["--trials", "0"], "--trials must be at least 1"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, tmp_path, space, flags, message):
     if "postgresql" in " ".join(flags):
         pytest.importorskip("psycopg2", reason="the PostgreSQL driver (pip install psycopg2-binary)")
@@ -250,7 +300,10 @@ def test_a_changed_space_under_an_existing_study_is_refused_and_nothing_is_writt
     before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
     code, _, stderr = run_cli(["sweep", str(changed), "--out", str(out), "--trials", "4"])
     assert code == 2 and stderr.count("\n") == 1
-    assert "study 'digits'" in stderr and "was made from another sweep (space.lr.axes.lr.high: 0.2 there, 0.3 now)" in stderr
+    assert (
+        "study 'digits'" in stderr
+        and "was made from another sweep (space.lr.axes.lr.high: 0.2 there, 0.3 now)" in stderr
+    )
     code, _, stderr = run_cli(["sweep", str(changed.with_name("x.yaml")), "--out", str(out)])
     assert code == 2 and "sweep space file not found" in stderr
     code, _, stderr = run_cli(["sweep", str(write_space(changed)), "--out", str(out), "--seeds", "0,1"])

@@ -26,10 +26,24 @@ import yaml
 optuna = pytest.importorskip("optuna", reason="advkit sweep needs optuna (pip install optuna)")
 
 USER = "advkit"
-SPACE = {"base": {"dataset": "digits", "model": "small-cnn", "eps": 0.1, "epochs": 2, "batch_size": 64,
-                  "train_size": 256, "val_size": 64, "val_steps": 1, "device": "cpu", "options": {"attack.steps": 2}},
-         "space": {"lr": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
-                   "momentum": {"type": "float", "low": 0.5, "high": 0.95}}}
+SPACE = {
+    "base": {
+        "dataset": "digits",
+        "model": "small-cnn",
+        "eps": 0.1,
+        "epochs": 2,
+        "batch_size": 64,
+        "train_size": 256,
+        "val_size": 64,
+        "val_steps": 1,
+        "device": "cpu",
+        "options": {"attack.steps": 2},
+    },
+    "space": {
+        "lr": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
+        "momentum": {"type": "float", "low": 0.5, "high": 0.95},
+    },
+}
 
 
 def server_binaries() -> tuple[str, str] | None:
@@ -63,15 +77,25 @@ def postgres():
         os.chown(folder, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", owner.pw_name, "--"]
     data, port = folder / "data", free_port()
-    subprocess.run(as_user + [initdb, "-D", str(data), "-U", USER, "--auth=trust", "--no-sync"], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        as_user + [initdb, "-D", str(data), "-U", USER, "--auth=trust", "--no-sync"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        as_user + [pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield f"postgresql://{USER}@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
+        subprocess.run(
+            as_user + [pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=120
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -89,10 +113,33 @@ def test_two_workers_share_one_study_and_run_each_trial_once(postgres, tmp_path)
     space = tmp_path / "shared.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
-    command = [sys.executable, "-m", "advkit", "sweep", str(space), "--trials", "3", "--storage", postgres,
-               "--study-name", "shared", "--heartbeat", "5", "--threads", "1"]
-    workers = [subprocess.Popen(command + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for out in outs]
+    command = [
+        sys.executable,
+        "-m",
+        "advkit",
+        "sweep",
+        str(space),
+        "--trials",
+        "3",
+        "--storage",
+        postgres,
+        "--study-name",
+        "shared",
+        "--heartbeat",
+        "5",
+        "--threads",
+        "1",
+    ]
+    workers = [
+        subprocess.Popen(
+            command + ["--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for out in outs
+    ]
     outputs = [worker.communicate(timeout=900)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], "\n".join(outputs)
 
@@ -105,6 +152,8 @@ def test_two_workers_share_one_study_and_run_each_trial_once(postgres, tmp_path)
         for number in folders[out.name]:
             run_dir = out / "trials" / str(number)
             assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
-            best = max(json.loads(line)["val_robust_acc"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+            best = max(
+                json.loads(line)["val_robust_acc"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            )
             assert trials[number].value == best and trials[number].user_attrs["host"] == socket.gethostname()
         assert "- trials: 3 of 3 ended (3 complete)" in (out / "summary.md").read_text()  # the whole study

@@ -34,8 +34,17 @@ def no_network(monkeypatch):
 def digits_run(tmp_path_factory) -> Path:
     """An advkit run directory holding a small digits model (one epoch of clean training)."""
     out = tmp_path_factory.mktemp("teacher") / "run"
-    config = TrainConfig(dataset="digits", model="small-cnn", objective="standard", epochs=1, batch_size=64,
-                         lr=0.05, val_steps=1, eps=0.1, device="cpu")
+    config = TrainConfig(
+        dataset="digits",
+        model="small-cnn",
+        objective="standard",
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+        val_steps=1,
+        eps=0.1,
+        device="cpu",
+    )
     Trainer(config, out, progress=False).fit()
     return out
 
@@ -88,8 +97,9 @@ def test_robustbench_teacher_loads_offline_from_the_cache(zoo_cache, no_network)
 
 def test_robustbench_teacher_must_fit_the_dataset(zoo_cache, no_network):
     cache, _ = zoo_cache
-    with pytest.raises(AdvkitError, match=f"teacher robustbench:cifar10/{ZOO_NAME} predicts 10 classes, but "
-                                          "cifar100 has 100"):
+    with pytest.raises(
+        AdvkitError, match=f"teacher robustbench:cifar10/{ZOO_NAME} predicts 10 classes, but cifar100 has 100"
+    ):
         load_teacher(f"robustbench:cifar10/{ZOO_NAME}", CIFAR100_INFO, "cpu", cache_dir=cache)
     with pytest.raises(AdvkitError, match="cannot take fashion-mnist images of shape \\(1, 28, 28\\)"):
         load_teacher(f"robustbench:cifar10/{ZOO_NAME}", FASHION_MNIST_INFO, "cpu", cache_dir=cache)
@@ -103,13 +113,19 @@ def test_missing_robustbench_checkpoint_says_where_to_put_it(tmp_path, no_networ
     assert not expected.parent.exists()  # nothing was created or downloaded
 
 
-@pytest.mark.parametrize("spec, info, message", [
-    ("robustbench:Chen2021LTD_WRN34_2O", CIFAR10_INFO, "unknown RobustBench model 'Chen2021LTD_WRN34_2O' for "
-                                                       "cifar10/Linf; did you mean Chen2021LTD_WRN34_20"),
-    ("robustbench:Standard", DIGITS_INFO, "RobustBench has no model zoo for dataset 'digits'"),
-    ("robustbench:cifar10/L3/Standard", CIFAR10_INFO, "RobustBench has no 'L3' models for cifar10"),
-    ("robustbench:a/b/c/d", CIFAR10_INFO, "expected robustbench:NAME"),
-])
+@pytest.mark.parametrize(
+    "spec, info, message",
+    [
+        (
+            "robustbench:Chen2021LTD_WRN34_2O",
+            CIFAR10_INFO,
+            "unknown RobustBench model 'Chen2021LTD_WRN34_2O' for cifar10/Linf; did you mean Chen2021LTD_WRN34_20",
+        ),
+        ("robustbench:Standard", DIGITS_INFO, "RobustBench has no model zoo for dataset 'digits'"),
+        ("robustbench:cifar10/L3/Standard", CIFAR10_INFO, "RobustBench has no 'L3' models for cifar10"),
+        ("robustbench:a/b/c/d", CIFAR10_INFO, "expected robustbench:NAME"),
+    ],
+)
 def test_robustbench_spec_errors(tmp_path, no_network, spec, info, message):
     with pytest.raises(AdvkitError, match=re.escape(message)):
         load_teacher(spec, info, "cpu", cache_dir=tmp_path)
@@ -121,15 +137,19 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, no_network, monke
     torch.save({"weight": torch.zeros(1), "payload": Evil(marker)}, plain)
     with pytest.raises(AdvkitError) as error:
         load_teacher(str(plain), DIGITS_INFO, "cpu", arch="small-cnn")
-    assert str(error.value).startswith(f"teacher checkpoint {plain} refers to Python object 'io.open', which advkit "
-                                       "will not load (loading it could execute code)")
+    assert str(error.value).startswith(
+        f"teacher checkpoint {plain} refers to Python object 'io.open', which advkit "
+        "will not load (loading it could execute code)"
+    )
     assert "weights_only" not in str(error.value)
     # the same file in the RobustBench cache, where robustbench's own torch.load reads it
     cached = cache_file(tmp_path / "cache", plain.read_bytes())
     with pytest.raises(AdvkitError) as error:
         load_teacher(f"robustbench:{ZOO_NAME}", CIFAR10_INFO, "cpu", cache_dir=tmp_path / "cache")
-    assert str(error.value).startswith(f"robustbench:cifar10/Linf/{ZOO_NAME}: cached checkpoint {cached} refers to "
-                                       "Python object 'io.open', which advkit will not load")
+    assert str(error.value).startswith(
+        f"robustbench:cifar10/Linf/{ZOO_NAME}: cached checkpoint {cached} refers to "
+        "Python object 'io.open', which advkit will not load"
+    )
     assert "weights_only" not in str(error.value)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # would turn robustbench's torch.load unsafe
     with pytest.raises(AdvkitError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set"):
@@ -156,8 +176,9 @@ def test_a_damaged_robustbench_checkpoint_is_unreadable_not_refused(zoo_cache, t
     with pytest.raises(AdvkitError) as error:
         load_teacher(f"robustbench:{ZOO_NAME}", CIFAR10_INFO, "cpu", cache_dir=tmp_path)
     message = str(error.value)
-    assert message.startswith(f"robustbench:cifar10/Linf/{ZOO_NAME}: cached checkpoint {cached} is not a readable "
-                              "PyTorch file (")
+    assert message.startswith(
+        f"robustbench:cifar10/Linf/{ZOO_NAME}: cached checkpoint {cached} is not a readable PyTorch file ("
+    )
     assert "refuse" not in message and "will not load" not in message and "weights_only" not in message
 
 
@@ -167,7 +188,9 @@ def test_advkit_run_directory_and_checkpoint_file(digits_run):
     trained = safe_load(digits_run / "best.pt")["model"]
     assert all(torch.equal(value, trained[key]) for key, value in teacher.state_dict().items())
     from_file = load_teacher(str(digits_run / "last.pt"), DIGITS_INFO, "cpu")
-    assert all(torch.equal(a, b) for a, b in zip(from_file.state_dict().values(), teacher.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(from_file.state_dict().values(), teacher.state_dict().values(), strict=True)
+    )
 
 
 def test_plain_state_dict_with_architecture(tmp_path, digits_run):
@@ -182,8 +205,11 @@ def test_plain_state_dict_with_architecture(tmp_path, digits_run):
         assert torch.allclose(teacher(x), reference(x))
     with pytest.raises(AdvkitError, match="plain state_dict: name its architecture with --teacher-arch"):
         load_teacher(str(network), DIGITS_INFO, "cpu")
-    with pytest.raises(AdvkitError, match=r"weights do not fit architecture 'resnet18': missing \d+ keys "
-                                          r"\(conv1\.weight, .*\); unexpected \d+ \(\S+, "):
+    with pytest.raises(
+        AdvkitError,
+        match=r"weights do not fit architecture 'resnet18': missing \d+ keys "
+        r"\(conv1\.weight, .*\); unexpected \d+ \(\S+, ",
+    ):
         load_teacher(str(network), DIGITS_INFO, "cpu", arch="resnet18")
 
 
@@ -199,13 +225,18 @@ def test_timm_teacher_with_a_weights_file(tmp_path):
 
 def test_incompatible_or_missing_teachers_are_refused(tmp_path, digits_run):
     five_classes = DatasetInfo("five", 5, (1, 8, 8), (0.3,), (0.4,), 0, False)
-    with pytest.raises(AdvkitError, match="was trained on digits \\(10 classes, inputs \\(1, 8, 8\\)\\), which does "
-                                          "not match five \\(5 classes"):
+    with pytest.raises(
+        AdvkitError,
+        match="was trained on digits \\(10 classes, inputs \\(1, 8, 8\\)\\), which does not match five \\(5 classes",
+    ):
         load_teacher(str(digits_run), five_classes, "cpu")
     state = tmp_path / "ten.pt"
     torch.save(build_model("small-cnn", DIGITS_INFO).state_dict(), state)
-    with pytest.raises(AdvkitError, match=r"weights do not fit architecture 'small-cnn': shape of net\.\S+\.weight is "
-                                          r"\[10, \d+\] in the file but \[5, \d+\] in the model"):
+    with pytest.raises(
+        AdvkitError,
+        match=r"weights do not fit architecture 'small-cnn': shape of net\.\S+\.weight is "
+        r"\[10, \d+\] in the file but \[5, \d+\] in the model",
+    ):
         load_teacher(str(state), five_classes, "cpu", arch="small-cnn")
     with pytest.raises(AdvkitError, match="teacher .*missing.pt not found"):
         load_teacher(str(tmp_path / "missing.pt"), DIGITS_INFO, "cpu")
@@ -220,8 +251,21 @@ def test_cli_passes_the_teacher_cache_and_fails_with_exit_status_2(tmp_path, no_
 
     from advkit.cli import cli
 
-    args = ["train", "--dataset", "digits", "--model", "small-cnn", "--objective", "rslad", "--out",
-            str(tmp_path / "r"), "--teacher", f"robustbench:cifar10/{ZOO_NAME}", "--teacher-cache", str(tmp_path / "zoo")]
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "small-cnn",
+        "--objective",
+        "rslad",
+        "--out",
+        str(tmp_path / "r"),
+        "--teacher",
+        f"robustbench:cifar10/{ZOO_NAME}",
+        "--teacher-cache",
+        str(tmp_path / "zoo"),
+    ]
     result = CliRunner().invoke(cli, args)
     expected = tmp_path / "zoo" / "cifar10" / "Linf" / f"{ZOO_NAME}.pt"
     assert f"put its RobustBench checkpoint at {expected}" in str(result.exception)

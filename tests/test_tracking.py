@@ -10,7 +10,6 @@ import csv
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -52,8 +51,21 @@ def registry(tmp_path, monkeypatch) -> Registry:
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(dataset="digits", model="small-cnn", objective="at", eps=0.1, epochs=2, batch_size=32, lr=0.05,
-                  val_steps=1, val_size=64, train_size=256, seed=1, device="cpu", options={"attack": {"steps": 1}})
+    values = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective="at",
+        eps=0.1,
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        val_steps=1,
+        val_size=64,
+        train_size=256,
+        seed=1,
+        device="cpu",
+        options={"attack": {"steps": 1}},
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -124,15 +136,21 @@ def test_tensorboard_holds_every_metrics_jsonl_value_and_the_hyper_parameters(tm
     from tensorboard.plugins.hparams import metadata
 
     run = tmp_path / "run"
-    Trainer(config(rectifier="label-mean", logger=["tensorboard"], log_interval=4), run, registry=registry,
-            progress=False).fit()
+    Trainer(
+        config(rectifier="label-mean", logger=["tensorboard"], log_interval=4), run, registry=registry, progress=False
+    ).fit()
     saved = records(run)
-    assert {"train_loss", "train_acc", "val_clean_acc", "val_robust_acc", "lr", "time_s", "probe_label_mean"} <= saved[0].keys()
+    assert {"train_loss", "train_acc", "val_clean_acc", "val_robust_acc", "lr", "time_s", "probe_label_mean"} <= saved[
+        0
+    ].keys()
     found = scalars(run)
     for record in saved:
         for key, value in record.items():
             if key != "epoch":  # TensorBoard stores float32
-                assert found[metric_tag(key)][record["epoch"] - 1] == (record["epoch"], pytest.approx(value, rel=1e-6)), key
+                assert found[metric_tag(key)][record["epoch"] - 1] == (
+                    record["epoch"],
+                    pytest.approx(value, rel=1e-6),
+                ), key
     assert [step for step, _ in found[step_tag("loss")]] == [4, 8, 12, 16]
     assert {step_tag("probe_label_mean"), step_tag("lr"), step_tag("acc")} <= found.keys()
     best = max(record["val_robust_acc"] for record in saved)
@@ -142,7 +160,8 @@ def test_tensorboard_holds_every_metrics_jsonl_value_and_the_hyper_parameters(tm
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     start = metadata.parse_session_start_info_plugin_data(
-        events.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
+        events.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    )
     assert start.hparams["objective"].string_value == "at" and start.hparams["rectifier"].string_value == "label-mean"
     assert start.hparams["epochs"].number_value == 2 and start.hparams["options.attack.steps"].number_value == 1
     assert "logger" not in start.hparams and "threads" not in start.hparams  # where it ran, not what it is
@@ -151,8 +170,9 @@ def test_tensorboard_holds_every_metrics_jsonl_value_and_the_hyper_parameters(tm
 def test_log_interval_sends_the_mean_of_each_window_of_steps_without_changing_the_run(tmp_path, registry):
     run, plain = tmp_path / "run", tmp_path / "plain"
     recorder = Recorder()
-    trainer = Trainer(config(rectifier="label-mean", log_interval=3), run, registry=registry, progress=False,
-                      loggers=[recorder])
+    trainer = Trainer(
+        config(rectifier="label-mean", log_interval=3), run, registry=registry, progress=False, loggers=[recorder]
+    )
     by_hand = []  # (loss, correct, batch, label mean) of every step, read on the host here (the test may sync)
     train_step = trainer.train_step
 
@@ -166,11 +186,13 @@ def test_log_interval_sends_the_mean_of_each_window_of_steps_without_changing_th
     total = 2 * STEPS_PER_EPOCH
     assert [step for step, _ in recorder.steps] == [3, 6, 9, 12, 15]  # every 3rd step; 16 waits for step 18
     for step, values in recorder.steps:
-        window = by_hand[step - 3:step]
+        window = by_hand[step - 3 : step]
         assert values["loss"] == pytest.approx(sum(w[0] for w in window) / 3, rel=1e-6)  # equal batches: the mean
         assert values["acc"] == pytest.approx(sum(w[1] for w in window) / sum(w[2] for w in window))
         assert values["probe_label_mean"] == pytest.approx(sum(w[3] for w in window) / 3, rel=1e-6)
-        assert values["lr"] == pytest.approx(learning_rate(trainer.config, step - 1, STEPS_PER_EPOCH))  # its last step's
+        assert values["lr"] == pytest.approx(
+            learning_rate(trainer.config, step - 1, STEPS_PER_EPOCH)
+        )  # its last step's
     assert len(by_hand) == total
     assert steps(run) == [{"step": step, **values} for step, values in recorder.steps]
     ((hparams, headline),) = recorder.hparams
@@ -223,7 +245,9 @@ def test_loggers_added_on_resume_receive_the_epochs_already_trained(tmp_path, ru
     assert not (run / "tensorboard").exists()
     code, _, err = run_cli(["train", "--resume", str(run), "--lr", "0.5"])  # not a tracking setting
     assert code == 2 and "drop --lr" in err
-    code, _, err = run_cli(["train", "--resume", str(run), "--logger", "tensorboard,csv", "--log-interval", "4", "--quiet"])
+    code, _, err = run_cli(
+        ["train", "--resume", str(run), "--logger", "tensorboard,csv", "--log-interval", "4", "--quiet"]
+    )
     assert code == 0, err
     saved = records(run)
     assert [row["epoch"] for row in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
@@ -234,30 +258,58 @@ def test_loggers_added_on_resume_receive_the_epochs_already_trained(tmp_path, ru
 
 def test_summarize_groups_runs_that_differ_only_in_where_they_log(tmp_path):
     base = config().to_dict()
-    runs = [RunResult(tmp_path / f"seed{seed}", {**base, "seed": seed, **tracking}, {"x": 1.0}, [])
-            for seed, tracking in enumerate([{}, {"logger": ["tensorboard"], "log_interval": 10},
-                                             {"logger": ["mlflow"], "mlflow_uri": "http://localhost:5000"}])]
+    runs = [
+        RunResult(tmp_path / f"seed{seed}", {**base, "seed": seed, **tracking}, {"x": 1.0}, [])
+        for seed, tracking in enumerate(
+            [
+                {},
+                {"logger": ["tensorboard"], "log_interval": 10},
+                {"logger": ["mlflow"], "mlflow_uri": "http://localhost:5000"},
+            ]
+        )
+    ]
     assert len(group_runs(runs)) == 1
 
 
-@pytest.mark.parametrize("logger, message", [
-    ("wandb", "--logger wandb needs the wandb package: pip install 'advkit[wandb]'"),
-    ("csv,mlflow", "--logger mlflow needs the mlflow package: pip install 'advkit[mlflow]'"),
-    ("tensorboard", "--logger tensorboard needs the tensorboard package: pip install tensorboard"),
-])
+@pytest.mark.parametrize(
+    "logger, message",
+    [
+        ("wandb", "--logger wandb needs the wandb package: pip install 'advkit[wandb]'"),
+        ("csv,mlflow", "--logger mlflow needs the mlflow package: pip install 'advkit[mlflow]'"),
+        ("tensorboard", "--logger tensorboard needs the tensorboard package: pip install tensorboard"),
+    ],
+)
 def test_a_missing_logger_package_is_one_line_before_any_file(logger, message, tmp_path, run_cli, monkeypatch):
     monkeypatch.setitem(sys.modules, logger.split(",")[-1], None)  # as if not installed: find_spec says None
-    code, out, err = run_cli(["train", "--dataset", "digits", "--model", "small-cnn", "--logger", logger, "--quiet",
-                              "--out", str(tmp_path / "runs" / "x")])
+    code, out, err = run_cli(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "small-cnn",
+            "--logger",
+            logger,
+            "--quiet",
+            "--out",
+            str(tmp_path / "runs" / "x"),
+        ]
+    )
     assert (code, out, err) == (2, "", f"advkit: error: {message}\n")
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--logger", "tensorbord"], "--logger takes tensorboard, csv, wandb, mlflow (comma-separated), got 'tensorbord'"),
-    (["--logger", "csv,csv"], "--logger names a logger twice: csv, csv"),
-    (["--log-interval", "-1"], "--log-interval must be non-negative"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--logger", "tensorbord"],
+            "--logger takes tensorboard, csv, wandb, mlflow (comma-separated), got 'tensorbord'",
+        ),
+        (["--logger", "csv,csv"], "--logger names a logger twice: csv, csv"),
+        (["--log-interval", "-1"], "--log-interval must be non-negative"),
+    ],
+)
 def test_bad_tracking_flags_are_one_line(flags, message, tmp_path, run_cli):
     code, _, err = run_cli(["train", "--dataset", "digits", *flags, "--out", str(tmp_path / "x")])
     assert code == 2 and err.startswith("advkit: error: ") and message in err and err.count("\n") == 1, err
@@ -265,9 +317,11 @@ def test_bad_tracking_flags_are_one_line(flags, message, tmp_path, run_cli):
 
 
 def test_the_cli_starts_without_importing_a_tracking_library():
-    probe = ("import sys; from advkit.cli import cli\n"
-             "try:\n    cli.main(['train', '--help'], prog_name='advkit')\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'tensorboard', 'wandb', 'mlflow') if m in sys.modules))")
+    probe = (
+        "import sys; from advkit.cli import cli\n"
+        "try:\n    cli.main(['train', '--help'], prog_name='advkit')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'tensorboard', 'wandb', 'mlflow') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "[]", done.stderr
 
@@ -327,10 +381,10 @@ def wandb_records(path: Path) -> list:
         if block - offset % block < 7:  # a block's tail too short for a header is padding
             offset += block - offset % block
             continue
-        length, kind = int.from_bytes(data[offset + 4:offset + 6], "little"), data[offset + 6]
+        length, kind = int.from_bytes(data[offset + 4 : offset + 6], "little"), data[offset + 6]
         if kind == 0 or offset + 7 + length > len(data):  # the end, or a chunk still being written
             break
-        pending += data[offset + 7:offset + 7 + length]
+        pending += data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -357,10 +411,16 @@ def wandb_contents(path: Path) -> tuple[list[dict], dict, dict]:
     for record in finished_wandb_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif kind in ("config", "summary"):
             (settings if kind == "config" else summary).update(
-                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in getattr(record, kind).update})
+                {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in getattr(record, kind).update
+                }
+            )
     return rows, settings, summary
 
 
@@ -382,7 +442,7 @@ def test_wandb_offline_run_holds_the_metrics_and_continues_on_resume(tmp_path, m
         summary.update(session_summary)
     epochs = [row for row in rows if "epoch" in row]
     assert [row["epoch"] for row in epochs] == [1, 2]
-    for row, record in zip(epochs, records(run)):
+    for row, record in zip(epochs, records(run), strict=True):
         for key in ("train_loss", "train_acc", "val_clean_acc", "val_robust_acc", "lr"):
             assert row[metric_tag(key)] == pytest.approx(record[key]), key
     assert [row["step"] for row in rows if "step" in row] == [4, 8, 12, 16]

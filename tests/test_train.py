@@ -12,8 +12,17 @@ from advkit.train import learning_rate
 
 
 def digits_config(**overrides):
-    settings = dict(dataset="digits", model="small-cnn", objective="trades", eps=0.1, epochs=2, batch_size=64,
-                    lr=0.05, val_steps=3, seed=3)
+    settings = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective="trades",
+        eps=0.1,
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        val_steps=3,
+        seed=3,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -51,14 +60,15 @@ def test_config_yaml_records_a_torchattacks_attacks_arguments(tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["attack"] == "torchattacks:PGD"
     # the signature's defaults are written too, so the file alone re-runs the same attack
-    assert saved["options"]["attack"] == {"eps": 0.1, "alpha": pytest.approx(2 / 255), "steps": 2,
-                                          "random_start": True}
+    assert saved["options"]["attack"] == {"eps": 0.1, "alpha": pytest.approx(2 / 255), "steps": 2, "random_start": True}
 
 
 def test_resume_continues_exactly(tmp_path):
     config = digits_config(epochs=3, objective="at", wa=0.9)
     Trainer(config, tmp_path / "straight", progress=False).fit()
-    Trainer(digits_config(epochs=3, objective="at", wa=0.9), tmp_path / "stopped", progress=False).fit(stop_after_epoch=1)
+    Trainer(digits_config(epochs=3, objective="at", wa=0.9), tmp_path / "stopped", progress=False).fit(
+        stop_after_epoch=1
+    )
     resumed = Trainer.resume_run(tmp_path / "stopped", progress=False)
     assert resumed.start_epoch == 1
     resumed.fit()
@@ -136,9 +146,14 @@ def test_an_extension_that_would_change_the_trained_lr_is_refused_and_writes_not
     Trainer(digits_config(epochs=2, objective="at", val_steps=1), run, progress=False).fit()  # milestones 1, 1.5
     before = _digests(run)
     for args, fragments in [
-        (["--epochs", "3"], ["cannot extend {run} from 2 to 3 epochs: the learning rate of step ",
-                             " (epoch 2), already trained at 0.005, would be 0.05 in a run of 3 epochs, because "
-                             "--lr-milestones defaults to 50% and 75% of --epochs (pass explicit --lr-milestones"]),
+        (
+            ["--epochs", "3"],
+            [
+                "cannot extend {run} from 2 to 3 epochs: the learning rate of step ",
+                " (epoch 2), already trained at 0.005, would be 0.05 in a run of 3 epochs, because "
+                "--lr-milestones defaults to 50% and 75% of --epochs (pass explicit --lr-milestones",
+            ],
+        ),
         (["--epochs", "1"], ["--epochs 1 would shorten {run}, a run of 2 epochs; --resume only extends runs"]),
         (["--epochs", "3", "--lr-milestones", "1,1.5"], ["drop --lr-milestones"]),
         (["--epochs", "3", "--lr", "0.1"], ["drop --lr"]),
@@ -162,6 +177,7 @@ def test_an_extension_is_allowed_while_the_default_milestones_are_not_yet_reache
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 6
     with pytest.raises(AdvkitError, match="cosine schedule spans --epochs"):
         cosine = tmp_path / "cosine"
-        Trainer(digits_config(epochs=2, objective="at", val_steps=1, lr_schedule="cosine"), cosine,
-                progress=False).fit(stop_after_epoch=1)
+        Trainer(digits_config(epochs=2, objective="at", val_steps=1, lr_schedule="cosine"), cosine, progress=False).fit(
+            stop_after_epoch=1
+        )
         Trainer.resume_run(cosine, epochs=3, progress=False)

@@ -38,15 +38,19 @@ def _context(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], epoch: 
 
 def _loss_of(ctx: StepContext):
     """What the trainer passes: the objective re-run on ``ctx.model`` in train mode."""
+
     def compute_loss() -> torch.Tensor:
         ctx.model.train()
         logits = ctx.model(ctx.x)
         ctx.logits_for_accuracy = logits
         return F.cross_entropy(logits, ctx.y)
+
     return compute_loss
 
 
-def _grads_at(model: nn.Module, offsets: dict[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, torch.Tensor], nn.Module]:
+def _grads_at(
+    model: nn.Module, offsets: dict[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], nn.Module]:
     """Gradients of the loss at w + offsets (a fresh copy in train mode), and that copy."""
     probe = copy.deepcopy(model).train()
     with torch.no_grad():
@@ -54,7 +58,7 @@ def _grads_at(model: nn.Module, offsets: dict[str, torch.Tensor], batch: tuple[t
             param.add_(offsets.get(name, torch.zeros_like(param)))
     loss = F.cross_entropy(probe(batch[0]), batch[1])
     grads = torch.autograd.grad(loss, list(probe.parameters()))
-    return dict(zip([name for name, _ in probe.named_parameters()], grads)), probe
+    return dict(zip([name for name, _ in probe.named_parameters()], grads, strict=True)), probe
 
 
 def _relative(direction: torch.Tensor, weight: torch.Tensor, radius: float) -> torch.Tensor:
@@ -135,12 +139,14 @@ def test_warmup_epochs_take_the_plain_step(batch: tuple[torch.Tensor, torch.Tens
         ctx_plain, ctx_rule = _context(plain_model, batch, epoch), _context(perturbed_model, batch, epoch)
         plain.step(ctx_plain, _loss_of(ctx_plain))
         rule.step(ctx_rule, _loss_of(ctx_rule))
-        for a, b in zip(plain_model.parameters(), perturbed_model.parameters()):
+        for a, b in zip(plain_model.parameters(), perturbed_model.parameters(), strict=True):
             assert torch.equal(a, b)
     ctx_plain, ctx_rule = _context(plain_model, batch, 2), _context(perturbed_model, batch, 2)
     plain.step(ctx_plain, _loss_of(ctx_plain))
     rule.step(ctx_rule, _loss_of(ctx_rule))
-    assert not all(torch.equal(a, b) for a, b in zip(plain_model.parameters(), perturbed_model.parameters()))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(plain_model.parameters(), perturbed_model.parameters(), strict=True)
+    )
 
 
 def test_weight_update_picks_the_named_variant() -> None:
@@ -150,13 +156,16 @@ def test_weight_update_picks_the_named_variant() -> None:
     assert isinstance(weight_update(plain, 0.005, "adr-sam"), SharpnessAwarePerturbation)
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"awp": 0.0}, "--awp must be positive"),
-    ({"awp": -0.01}, "--awp must be positive"),
-    ({"awp": 0.01, "awp_variant": "sam"}, "--awp-variant must be one of official, adr-sam"),
-    ({"awp": 0.01, "awp_warmup": -1}, "--awp-warmup must be non-negative"),
-    ({"awp": 0.01, "amp": "fp16"}, "--awp cannot be combined with --amp fp16"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"awp": 0.0}, "--awp must be positive"),
+        ({"awp": -0.01}, "--awp must be positive"),
+        ({"awp": 0.01, "awp_variant": "sam"}, "--awp-variant must be one of official, adr-sam"),
+        ({"awp": 0.01, "awp_warmup": -1}, "--awp-warmup must be non-negative"),
+        ({"awp": 0.01, "amp": "fp16"}, "--awp cannot be combined with --amp fp16"),
+    ],
+)
 def test_invalid_awp_settings_are_rejected(settings: dict, message: str) -> None:
     with pytest.raises(AdvkitError, match=message):
         TrainConfig(**settings).validate()
@@ -164,8 +173,18 @@ def test_invalid_awp_settings_are_rejected(settings: dict, message: str) -> None
 
 def test_trainer_applies_awp_from_the_config(tmp_path) -> None:
     def final_weights(name: str, **awp: object) -> dict[str, torch.Tensor]:
-        config = TrainConfig(dataset="digits", model="small-cnn", objective="at", eps=0.1, epochs=1, batch_size=128,
-                             val_size=100, val_steps=1, options={"attack": {"steps": 1}}, **awp)
+        config = TrainConfig(
+            dataset="digits",
+            model="small-cnn",
+            objective="at",
+            eps=0.1,
+            epochs=1,
+            batch_size=128,
+            val_size=100,
+            val_steps=1,
+            options={"attack": {"steps": 1}},
+            **awp,
+        )
         trainer = Trainer(config, tmp_path / name, progress=False)
         trainer.fit()
         return trainer.model.state_dict()

@@ -24,7 +24,13 @@ class PGD(Attack):
     training_bn_mode = "train"
     options = common_attack_options(start="uniform", bn_mode="eval", norms=NORMS) + (
         Option("restarts", int, 1, "random restarts; the worst case per sample is kept", low=1),
-        Option("loss", str, "ce", "ce: cross-entropy on the targets; cw: Carlini-Wagner margin (hard labels)", choices=("ce", "cw")),
+        Option(
+            "loss",
+            str,
+            "ce",
+            "ce: cross-entropy on the targets; cw: Carlini-Wagner margin (hard labels)",
+            choices=("ce", "cw"),
+        ),
     )
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -42,22 +48,29 @@ class PGD(Attack):
             loss = soft_cross_entropy(logits, aim, reduction="none")
             return -loss if self.targeted else loss
 
-        best, best_loss = None, None
+        best: torch.Tensor | None = None
+        best_loss: torch.Tensor | None = None
         for _ in range(self.restarts):
             x_adv = sign_ascent(
-                images, lambda z: per_sample(z).sum(), eps=self.eps, alpha=self.step_size,
-                steps=self.steps, start=self.start, norm=self.norm,
+                images,
+                lambda z: per_sample(z).sum(),
+                eps=self.eps,
+                alpha=self.step_size,
+                steps=self.steps,
+                start=self.start,
+                norm=self.norm,
             )
             if self.restarts == 1:
                 return x_adv
             with torch.no_grad():
                 loss = per_sample(x_adv)
-            if best is None:
+            if best is None or best_loss is None:
                 best, best_loss = x_adv, loss
             else:
                 better = loss > best_loss
                 best = torch.where(better[:, None, None, None], x_adv, best)
                 best_loss = torch.maximum(loss, best_loss)
+        assert best is not None, "restarts is at least 1"
         return best
 
 
@@ -76,8 +89,13 @@ class TradesKL(Attack):
         with torch.no_grad():
             clean_logits = self.get_logits(images)
         return sign_ascent(
-            images, lambda z: kl_divergence_logits(clean_logits, self.get_logits(z), reduction="sum"),
-            eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start, norm=self.norm,
+            images,
+            lambda z: kl_divergence_logits(clean_logits, self.get_logits(z), reduction="sum"),
+            eps=self.eps,
+            alpha=self.step_size,
+            steps=self.steps,
+            start=self.start,
+            norm=self.norm,
         )
 
 
@@ -98,8 +116,13 @@ class FGSM(Attack):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         sign, aim = (-1.0, self.target_labels(images, labels)) if self.targeted else (1.0, labels)
         return sign_ascent(
-            images, lambda z: sign * soft_cross_entropy(self.get_logits(z), aim, reduction="sum"),
-            eps=self.eps, alpha=self.eps, steps=1, start=self.start, norm=self.norm,
+            images,
+            lambda z: sign * soft_cross_entropy(self.get_logits(z), aim, reduction="sum"),
+            eps=self.eps,
+            alpha=self.eps,
+            steps=1,
+            start=self.start,
+            norm=self.norm,
         )
 
 

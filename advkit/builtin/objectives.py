@@ -14,6 +14,7 @@ class Standard(Objective):
     uses_adversarial = False
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
+        assert ctx.targets is not None, "the rectifier runs before the objective"
         logits = ctx.model(ctx.x)
         ctx.logits_for_accuracy = logits
         return soft_cross_entropy(logits, ctx.targets)
@@ -23,6 +24,7 @@ class AdversarialTraining(Objective):
     """PGD-AT: CE(S(x'), targets), mean over the batch; x' from PGD on the same targets."""
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
+        assert ctx.targets is not None and ctx.x_adv is not None, "the rectifier and the attack run first"
         logits = ctx.model(ctx.x_adv)
         ctx.logits_for_accuracy = logits
         return soft_cross_entropy(logits, ctx.targets)
@@ -43,8 +45,12 @@ class Trades(Objective):
         Option("kl_reduction", str, "batchmean", "KL reduction", choices=KL_REDUCTIONS),
         Option("concat", bool, False, "one forward on cat[x, x'] instead of two (ADR-TRADES)"),
     )
+    beta: float
+    kl_reduction: str
+    concat: bool
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
+        assert ctx.targets is not None and ctx.x_adv is not None, "the rectifier and the attack run first"
         if self.concat:
             logits_clean, logits_adv = ctx.model(torch.cat([ctx.x, ctx.x_adv])).chunk(2)
         else:

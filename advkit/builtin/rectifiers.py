@@ -21,6 +21,8 @@ class LabelSmoothing(LabelRectifier):
         Option("smoothing", float, 0.1, "mass s spread uniformly over all classes", low=0.0, high=1.0),
         Option("in_attack", bool, True, "also maximise against the smoothed label (as ADR does with its labels)"),
     )
+    smoothing: float
+    in_attack: bool
 
     def targets(self, ctx: StepContext) -> torch.Tensor:
         return one_hot(ctx.y, ctx.num_classes) * (1.0 - self.smoothing) + self.smoothing / ctx.num_classes

@@ -21,7 +21,22 @@ from .datasets import (
 from .loader import BatchLoader, augment_batch
 
 __all__ = [
-    "CIFAR10_INFO", "CIFAR100_INFO", "DATASETS", "DIGITS_INFO", "FASHION_MNIST_INFO", "MNIST_INFO", "SVHN_INFO",
-    "TINY_IMAGENET_INFO", "ArrayDataset", "BatchLoader", "DatasetInfo", "Splits", "augment_batch",
-    "debian_fashion_mnist_dir", "default_val_size", "load_dataset", "read_idx", "to_float",
+    "CIFAR10_INFO",
+    "CIFAR100_INFO",
+    "DATASETS",
+    "DIGITS_INFO",
+    "FASHION_MNIST_INFO",
+    "MNIST_INFO",
+    "SVHN_INFO",
+    "TINY_IMAGENET_INFO",
+    "ArrayDataset",
+    "BatchLoader",
+    "DatasetInfo",
+    "Splits",
+    "augment_batch",
+    "debian_fashion_mnist_dir",
+    "default_val_size",
+    "load_dataset",
+    "read_idx",
+    "to_float",
 ]

@@ -31,8 +31,10 @@ def memory_map_member(path: Path, member: str) -> np.ndarray:
     except (OSError, zipfile.BadZipFile) as exc:
         raise AdvkitError(f"{path} is not a readable .npz file ({exc})") from None
     if info.compress_type != zipfile.ZIP_STORED:
-        raise AdvkitError(f"{path}: '{member}' is compressed, so it cannot be memory-mapped; re-save it uncompressed "
-                          "(np.savez instead of np.savez_compressed)")
+        raise AdvkitError(
+            f"{path}: '{member}' is compressed, so it cannot be memory-mapped; re-save it uncompressed "
+            "(np.savez instead of np.savez_compressed)"
+        )
     with open(path, "rb") as handle:
         handle.seek(info.header_offset)
         header = handle.read(ZIP_LOCAL_HEADER)
@@ -40,7 +42,9 @@ def memory_map_member(path: Path, member: str) -> np.ndarray:
         handle.seek(info.header_offset + ZIP_LOCAL_HEADER + name_length + extra_length)
         try:
             version = np.lib.format.read_magic(handle)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran_order, dtype = read_header(handle)
         except ValueError as exc:
             raise AdvkitError(f"{path}: '{member}' is not a .npy array ({exc})") from None
@@ -92,11 +96,15 @@ def load_extra_data(path: str | Path, info: DatasetInfo) -> ExtraData:
         image = memory_map_member(file, "image")
         label = memory_map_member(file, "label")
         if image.dtype != np.uint8 or image.shape[1:] != (height, width, channels):
-            raise AdvkitError(f"{file}: 'image' is {image.dtype} {tuple(image.shape)}, but {info.name} needs uint8 "
-                              f"N×{height}×{width}×{channels}")
+            raise AdvkitError(
+                f"{file}: 'image' is {image.dtype} {tuple(image.shape)}, but {info.name} needs uint8 "
+                f"N×{height}×{width}×{channels}"
+            )
         if label.ndim != 1 or label.shape[0] != image.shape[0] or not np.issubdtype(label.dtype, np.integer):
-            raise AdvkitError(f"{file}: 'label' must be N integers matching 'image' ({image.shape[0]}), got "
-                              f"{label.dtype} {tuple(label.shape)}")
+            raise AdvkitError(
+                f"{file}: 'label' must be N integers matching 'image' ({image.shape[0]}), got "
+                f"{label.dtype} {tuple(label.shape)}"
+            )
         label = np.asarray(label, dtype=np.int64)
         if label.size and (label.min() < 0 or label.max() >= info.num_classes):
             bad = label[(label < 0) | (label >= info.num_classes)][0]

@@ -7,7 +7,7 @@ epoch)`` only, so a resumed run sees exactly the batches it would have seen with
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def augment_batch(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int
+) -> torch.Tensor:
     """Crop each image at offset (dy, dx) of its zero-padded copy, then mirror those with ``flip``.
 
     One gather for the whole batch: output[b, :, i, j] = padded[b, :, dy[b] + i, dx[b] + j'] where
@@ -56,17 +58,33 @@ class BatchLoader:
     ones; an epoch is still one pass over the real data. Each rank takes its slice of both parts.
     """
 
-    def __init__(self, data: ArrayDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
-                 augment: DatasetInfo | None = None, device: torch.device | str = "cpu", seed: int = 0,
-                 rank: int = 0, world_size: int = 1, extra: ExtraData | None = None, extra_per_batch: int = 0) -> None:
+    def __init__(
+        self,
+        data: ArrayDataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        augment: DatasetInfo | None = None,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        extra: ExtraData | None = None,
+        extra_per_batch: int = 0,
+    ) -> None:
         if batch_size < 1:
             raise AdvkitError(f"batch size must be at least 1, got {batch_size}")
         if batch_size % world_size or (world_size > 1 and not drop_last):
-            raise AdvkitError(f"--batch-size {batch_size} is the global batch and must divide by the number of "
-                              f"processes ({world_size}); use a multiple of {world_size}")
+            raise AdvkitError(
+                f"--batch-size {batch_size} is the global batch and must divide by the number of "
+                f"processes ({world_size}); use a multiple of {world_size}"
+            )
         if extra is not None and not (0 < extra_per_batch < batch_size and extra_per_batch % world_size == 0):
-            raise AdvkitError(f"{extra_per_batch} generated examples per batch of {batch_size} leave no real ones "
-                              f"or do not divide by the {world_size} processes")
+            raise AdvkitError(
+                f"{extra_per_batch} generated examples per batch of {batch_size} leave no real ones "
+                f"or do not divide by the {world_size} processes"
+            )
         self.rank, self.world_size = rank, world_size
         self.extra, self.extra_per_batch = extra, extra_per_batch if extra is not None else 0
         self.device = torch.device(device)
@@ -107,7 +125,7 @@ class BatchLoader:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         if order is not None:
             order = order.to(self.device)
-        drawn = self._draw_extra() if self.extra is not None else None
+        drawn = self._draw_extra(self.extra) if self.extra is not None else None
         share = self.batch_size // self.world_size
         for i in range(self.start_batch, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
@@ -118,32 +136,37 @@ class BatchLoader:
             if augmenting:
                 x = augment_batch(x, offsets[0, lo:hi], offsets[1, lo:hi], flips[lo:hi], self.padding)
             x = to_float(x)
-            if self.extra is not None:
-                extra_x, extra_y, extra_index = self._extra_batch(i, drawn)
+            if self.extra is not None and drawn is not None:
+                extra_x, extra_y, extra_index = self._extra_batch(self.extra, i, drawn)
                 x, y, index = torch.cat([x, extra_x]), torch.cat([y, extra_y]), torch.cat([index, extra_index + n])
             yield x, y, index
 
-    def _draw_extra(self) -> dict[str, torch.Tensor]:
+    def _draw_extra(self, extra: ExtraData) -> dict[str, torch.Tensor]:
         """This epoch's generated examples for every batch (indices) and their augmentation, from (seed, epoch)."""
         count = len(self) * self.extra_per_batch
         g = _generator(self.seed, self.epoch, 2)
-        drawn = {"index": torch.randint(0, len(self.extra), (count,), generator=g)}
+        drawn = {"index": torch.randint(0, len(extra), (count,), generator=g)}
         if self.padding > 0 or self.flip:
             drawn["offsets"] = torch.randint(0, 2 * self.padding + 1, (2, count), generator=g)
             drawn["flips"] = torch.rand(count, generator=g) < 0.5 if self.flip else torch.zeros(count, dtype=torch.bool)
         return drawn
 
-    def _extra_batch(self, batch: int, drawn: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _extra_batch(
+        self, extra: ExtraData, batch: int, drawn: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's generated part of global batch ``batch``: read from the mapped files, moved, augmented;
         with each example's index in the generated set."""
         share = self.extra_per_batch // self.world_size
         lo = batch * self.extra_per_batch + self.rank * share
-        chosen = drawn["index"][lo:lo + share]
-        images, labels = self.extra.take(chosen.numpy())
+        chosen = drawn["index"][lo : lo + share]
+        images, labels = extra.take(chosen.numpy())
         pin = self.device.type == "cuda"
         images = (images.pin_memory() if pin else images).to(self.device, non_blocking=pin)
         labels = (labels.pin_memory() if pin else labels).to(self.device, non_blocking=pin)
         if "offsets" in drawn:
-            offsets, flips = drawn["offsets"][:, lo:lo + share].to(self.device), drawn["flips"][lo:lo + share].to(self.device)
+            offsets, flips = (
+                drawn["offsets"][:, lo : lo + share].to(self.device),
+                drawn["flips"][lo : lo + share].to(self.device),
+            )
             images = augment_batch(images, offsets[0], offsets[1], flips, self.padding)
         return to_float(images), labels, chosen.to(self.device)

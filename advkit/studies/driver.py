@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -72,9 +72,12 @@ def evaluation_done(run: StudyRun, checkpoint: str, evaluation: Evaluation) -> b
     except (OSError, ValueError):
         return False
     wanted_model = "weight-averaged" if run.config.select == "wa" else "model"
-    return (list(report.get("accuracy", {})) == list(dict.fromkeys(evaluation.attacks[checkpoint]))
-            and report.get("model") == wanted_model and report.get("seed") == evaluation.seed
-            and 0 < report.get("n_examples", 0) <= evaluation.n_examples)
+    return (
+        list(report.get("accuracy", {})) == list(dict.fromkeys(evaluation.attacks[checkpoint]))
+        and report.get("model") == wanted_model
+        and report.get("seed") == evaluation.seed
+        and 0 < report.get("n_examples", 0) <= evaluation.n_examples
+    )
 
 
 def eval_path(run: StudyRun, checkpoint: str) -> Path:
@@ -96,8 +99,10 @@ def check_settings_unchanged(run: StudyRun) -> None:
         return
     for key in sorted(wanted):
         if wanted[key] != compared[key]:
-            raise AdvkitError(f"{run.directory} holds run {run.name} with {key}={compared[key]!r}, but the grid now "
-                              f"asks for {wanted[key]!r}; restore the grid, or delete that folder to train it again")
+            raise AdvkitError(
+                f"{run.directory} holds run {run.name} with {key}={compared[key]!r}, but the grid now "
+                f"asks for {wanted[key]!r}; restore the grid, or delete that folder to train it again"
+            )
 
 
 def train_command(run: StudyRun) -> list[str]:
@@ -123,13 +128,18 @@ def start_child(command: list[str], log: Path, threads: int, stop_with_parent: b
     :mod:`advkit.studies.tethered`), so it saves its last.pt instead of training on unsupervised.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                   "PYTHONUNBUFFERED": "1"}  # the log shows each epoch as it ends
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }  # the log shows each epoch as it ends
     if stop_with_parent:
         command = [sys.executable, "-m", "advkit.studies.tethered", str(os.getpid()), *command]
     with open(log, "ab") as handle:
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )
 
 
 def commands(task: Task, study: Study) -> list[str]:
@@ -139,9 +149,21 @@ def commands(task: Task, study: Study) -> list[str]:
         return train_command(run)
     checkpoint = task.kind.removeprefix("eval-")
     evaluation = study.evaluation
-    command = ADVKIT + ["eval", str(run.directory), "--checkpoint", checkpoint, "--n-examples", str(evaluation.n_examples),
-                        "--batch-size", str(evaluation.batch_size), "--seed", str(evaluation.seed),
-                        "--json", str(eval_path(run, checkpoint)), "--quiet"]
+    command = ADVKIT + [
+        "eval",
+        str(run.directory),
+        "--checkpoint",
+        checkpoint,
+        "--n-examples",
+        str(evaluation.n_examples),
+        "--batch-size",
+        str(evaluation.batch_size),
+        "--seed",
+        str(evaluation.seed),
+        "--json",
+        str(eval_path(run, checkpoint)),
+        "--quiet",
+    ]
     for attack in evaluation.attacks[checkpoint]:
         command += ["--attack", attack]
     return command + (["--wa"] if run.config.select == "wa" else [])
@@ -179,7 +201,9 @@ def _busy(run: StudyRun) -> bool:
 
 def last_line(path: Path) -> str:
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        lines = [
+            line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
+        ]
     except OSError:
         return "(no log)"
     return lines[-1] if lines else "(empty log)"
@@ -219,8 +243,10 @@ class Driver:
     def run(self, request: StopRequest) -> None:
         pending = [task for task in self.tasks if task.key not in self.done]
         total = len(self.tasks)
-        self.echo(f"study {self.study.source}: {total} tasks, {len(self.done)} already done, "
-                  f"{self.study.jobs} at a time, {self.study.threads} thread(s) each; logs in {self.study.out / 'logs'}")
+        self.echo(
+            f"study {self.study.source}: {total} tasks, {len(self.done)} already done, "
+            f"{self.study.jobs} at a time, {self.study.threads} thread(s) each; logs in {self.study.out / 'logs'}"
+        )
         while (pending or self.running) and not request:
             pending = self._start_ready(pending)
             time.sleep(POLL_S)
@@ -228,9 +254,12 @@ class Driver:
         if request:
             stopped = len(self.running)
             self._stop_children()
-            raise StoppedBySignal(request.signal_name or "SIGTERM", request.exit_status,
-                                  f"study stopped ({stopped} running task(s) saved and stopped, {len(self.done)} of "
-                                  f"{len(self.tasks)} done); run the same command again to continue")
+            raise StoppedBySignal(
+                request.signal_name or "SIGTERM",
+                request.exit_status,
+                f"study stopped ({stopped} running task(s) saved and stopped, {len(self.done)} of "
+                f"{len(self.tasks)} done); run the same command again to continue",
+            )
 
     def _start_ready(self, pending: list[Task]) -> list[Task]:
         left = []

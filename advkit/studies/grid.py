@@ -22,9 +22,10 @@ study waits for that run to finish.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -126,9 +127,12 @@ def _evaluation(source: Path, data: dict[str, Any]) -> Evaluation:
         if not isinstance(listed, list) or not all(isinstance(item, str) and item.strip() for item in listed):
             raise file_error(source, f"evaluate.{checkpoint} must be a list of attack specs, e.g. [clean, autoattack]")
         attacks[checkpoint] = tuple(listed)
-    return Evaluation(attacks, n_examples=_count(source, "evaluate.n_examples", data.get("n_examples", 1000), 1),
-                      batch_size=_count(source, "evaluate.batch_size", data.get("batch_size", 500), 1),
-                      seed=_count(source, "evaluate.seed", data.get("seed", 0), 0))
+    return Evaluation(
+        attacks,
+        n_examples=_count(source, "evaluate.n_examples", data.get("n_examples", 1000), 1),
+        batch_size=_count(source, "evaluate.batch_size", data.get("batch_size", 500), 1),
+        seed=_count(source, "evaluate.seed", data.get("seed", 0), 0),
+    )
 
 
 def _substitute(value: Any, out: Path) -> Any:
@@ -141,11 +145,14 @@ def _substitute(value: Any, out: Path) -> Any:
     return value
 
 
-def _run_settings(source: Path, row: str, base: dict[str, Any], settings: dict[str, Any], seed: int,
-                  out: Path) -> TrainConfig:
+def _run_settings(
+    source: Path, row: str, base: dict[str, Any], settings: dict[str, Any], seed: int, out: Path
+) -> TrainConfig:
     merged = {**base, **settings, "seed": seed}
-    merged["options"] = merge_options(normalise_options(base.get("options") or {}, str(source)),
-                                      normalise_options(settings.get("options") or {}, str(source)))
+    merged["options"] = merge_options(
+        normalise_options(base.get("options") or {}, str(source)),
+        normalise_options(settings.get("options") or {}, str(source)),
+    )
     config = config_from_mapping(_substitute(merged, out), f"{source}: run '{row}'")
     try:
         config.validate()
@@ -183,6 +190,11 @@ def load_study(path: str | Path, out: str | Path | None = None, jobs: int | None
         teacher = by_directory.get(Path(run.config.teacher).resolve()) if run.config.teacher else None
         if teacher is not None:
             run.depends_on.append(teacher.name)
-    return Study(source, out_dir, jobs if jobs is not None else _count(source, "jobs", data.get("jobs", 1), 1),
-                 _count(source, "threads", data.get("threads", 1), 1),
-                 _evaluation(source, mapping_of(source, "evaluate", data.get("evaluate"))), runs)
+    return Study(
+        source,
+        out_dir,
+        jobs if jobs is not None else _count(source, "jobs", data.get("jobs", 1), 1),
+        _count(source, "threads", data.get("threads", 1), 1),
+        _evaluation(source, mapping_of(source, "evaluate", data.get("evaluate"))),
+        runs,
+    )

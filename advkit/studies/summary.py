@@ -11,9 +11,10 @@ import csv
 import io
 import json
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -22,8 +23,10 @@ from ..errors import AdvkitError
 from ..plots import read_metrics
 
 # Settings that do not change what a run computes, and the seed that a group averages over.
-NOT_CONFIGURATION = frozenset({"seed", "data_dir", "device", "download", "teacher_cache", "checkpoint_every", "threads",
-                               "software"}) | TRACKING_SETTINGS
+NOT_CONFIGURATION = (
+    frozenset({"seed", "data_dir", "device", "download", "teacher_cache", "checkpoint_every", "threads", "software"})
+    | TRACKING_SETTINGS
+)
 EVAL_PREFIX = "eval-"
 
 
@@ -67,7 +70,9 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         if (path / "config.yaml").is_file():
             found.append(path)
             continue
-        inside = sorted(config.parent for config in path.rglob("config.yaml") if (config.parent / "metrics.jsonl").is_file())
+        inside = sorted(
+            config.parent for config in path.rglob("config.yaml") if (config.parent / "metrics.jsonl").is_file()
+        )
         if not inside:
             raise AdvkitError(f"{path} holds no advkit run (no config.yaml with a metrics.jsonl beside it)")
         found.extend(inside)
@@ -128,7 +133,7 @@ def _eval_reports(path: Path) -> dict[str, dict[str, Any]]:
             raise AdvkitError(f"{file} is not a readable advkit eval JSON: {exc}") from None
         if not isinstance(report, dict) or not isinstance(report.get("accuracy"), dict):
             raise AdvkitError(f"{file} is not an advkit eval report (it has no 'accuracy' mapping)")
-        reports[file.stem[len(EVAL_PREFIX):]] = report
+        reports[file.stem[len(EVAL_PREFIX) :]] = report
     return reports
 
 
@@ -150,7 +155,7 @@ def group_runs(runs: list[RunResult]) -> list[Group]:
         key = json.dumps(configuration, sort_keys=True, default=str)
         groups.setdefault(key, Group("", configuration)).runs.append(run)
     result = list(groups.values())
-    for group, label in zip(result, _labels(result)):
+    for group, label in zip(result, _labels(result), strict=True):
         group.label = label
     return result
 
@@ -162,8 +167,14 @@ def _labels(groups: list[Group]) -> list[str]:
     names = [next(iter(names)) for names in parents if len(names) == 1]
     if len(names) == len(groups) and len(set(names)) == len(names):
         return names
-    differing = sorted({key for group in groups for key in group.config
-                        if any(other.config.get(key) != group.config.get(key) for other in groups)})
+    differing = sorted(
+        {
+            key
+            for group in groups
+            for key in group.config
+            if any(other.config.get(key) != group.config.get(key) for other in groups)
+        }
+    )
     labels = []
     for group in groups:
         parts = [f"{key}={_short(group.config.get(key))}" for key in differing if key != "options"]
@@ -180,10 +191,17 @@ def _short(value: Any) -> str:
 def columns_of(groups: list[Group]) -> list[Column]:
     """Validation columns, then the test columns the eval reports provide, then the gap and time."""
     present = {name for group in groups for run in group.runs for name in run.values}
-    fixed = [Column("val clean (best)", "accuracy"), Column("val robust (best)", "accuracy"),
-             Column("val robust (last)", "accuracy"), Column("val gap", "accuracy"), Column("best epoch", "count")]
-    tests = sorted((name for name in present if name.startswith("test ") and name != "test gap"),
-                   key=lambda name: (not name.endswith("(best)"), "robust" in name, name))
+    fixed = [
+        Column("val clean (best)", "accuracy"),
+        Column("val robust (best)", "accuracy"),
+        Column("val robust (last)", "accuracy"),
+        Column("val gap", "accuracy"),
+        Column("best epoch", "count"),
+    ]
+    tests = sorted(
+        (name for name in present if name.startswith("test ") and name != "test gap"),
+        key=lambda name: (not name.endswith("(best)"), "robust" in name, name),
+    )
     tail = [Column("test gap", "accuracy")] if "test gap" in present else []
     return fixed + [Column(name, "accuracy") for name in tests] + tail + [Column("s/epoch", "seconds")]
 
@@ -212,11 +230,14 @@ def markdown_table(groups: list[Group], leading: Mapping[str, Sequence[str]] | N
     columns = columns_of(groups)
     leading = leading or {}
     header = [label, *leading, "n"] + [column.name for column in columns]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * (2 + len(leading)) + ["---:"] * len(columns)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * (2 + len(leading)) + ["---:"] * len(columns)) + "|",
+    ]
     for index, group in enumerate(groups):
-        cells = ([group.label, *(values[index] for values in leading.values()), str(len(group.runs))]
-                 + [_format(group.column(column.name), column.kind) for column in columns])
+        cells = [group.label, *(values[index] for values in leading.values()), str(len(group.runs))] + [
+            _format(group.column(column.name), column.kind) for column in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -227,8 +248,11 @@ def csv_table(groups: list[Group], leading: Mapping[str, Sequence[Any]] | None =
     leading = leading or {}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([label, *leading, "n"] + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")]
-                    + ["run_dirs"])
+    writer.writerow(
+        [label, *leading, "n"]
+        + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")]
+        + ["run_dirs"]
+    )
     for index, group in enumerate(groups):
         row: list[Any] = [group.label, *(values[index] for values in leading.values()), len(group.runs)]
         for column in columns:
@@ -263,8 +287,13 @@ def plot_summary(groups: list[Group], out: str | Path) -> Path:
         stats = [mean_std(by_epoch[epoch]) for epoch in epochs]
         means = [100 * mean for mean, _ in stats]
         line = curves.plot(epochs, means, label=f"{group.label} (n={len(group.runs)})")[0]
-        curves.fill_between(epochs, [m - 100 * s for m, (_, s) in zip(means, stats)],
-                            [m + 100 * s for m, (_, s) in zip(means, stats)], color=line.get_color(), alpha=0.2)
+        curves.fill_between(
+            epochs,
+            [m - 100 * s for m, (_, s) in zip(means, stats, strict=True)],
+            [m + 100 * s for m, (_, s) in zip(means, stats, strict=True)],
+            color=line.get_color(),
+            alpha=0.2,
+        )
     curves.set_xlabel("epoch")
     curves.set_ylabel("validation robust accuracy (%)")
     curves.set_title("validation robust accuracy (mean ± std over seeds)")
@@ -273,7 +302,9 @@ def plot_summary(groups: list[Group], out: str | Path) -> Path:
     metric = headline_column(groups)
     stats = [mean_std(group.column(metric)) for group in groups]
     positions = list(range(len(groups)))
-    bars.bar(positions, [100 * mean for mean, _ in stats], yerr=[100 * std for _, std in stats], capsize=4, color="tab:blue")
+    bars.bar(
+        positions, [100 * mean for mean, _ in stats], yerr=[100 * std for _, std in stats], capsize=4, color="tab:blue"
+    )
     bars.set_xticks(positions, [group.label for group in groups], rotation=35, ha="right", fontsize=8)
     low = min(100 * (mean - std) for mean, std in stats)
     high = max(100 * (mean + std) for mean, std in stats)
@@ -283,4 +314,3 @@ def plot_summary(groups: list[Group], out: str | Path) -> Path:
     bars.set_title(f"{metric}: mean ± std over seeds")
     bars.grid(axis="y", alpha=0.3)
     return save_figure(figure, out)
-

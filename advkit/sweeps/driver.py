@@ -28,9 +28,10 @@ import socket
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AdvkitError, RunDirectoryBusy
 from ..interrupts import StoppedBySignal, StopRequest, stop_on_signals
@@ -52,8 +53,11 @@ LOGS = "logs"
 # Trial user attributes: the run folder a re-queued copy continues, the configuration of its first run (best.yaml),
 # whether a FAIL is to be re-queued, what happened (for the terminal and the summary), an over-claimed trial.
 RUN_FOLDER, CONFIG, REQUEUE, OUTCOME, SURPLUS = "run_folder", "config", "requeue", "outcome", "surplus"
-PRUNERS: dict[str, dict[str, int]] = {"median": {"startup": 5, "warmup": 0}, "hyperband": {"min": 1, "reduction": 3},
-                                      "none": {}}
+PRUNERS: dict[str, dict[str, int]] = {
+    "median": {"startup": 5, "warmup": 0},
+    "hyperband": {"min": 1, "reduction": 3},
+    "none": {},
+}
 
 
 @dataclass
@@ -80,8 +84,9 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, int]]:
     """``median:startup=5,warmup=1`` → ("median", {...}); unknown names and options are one-line errors."""
     name, _, rest = spec.partition(":")
     if name not in PRUNERS:
-        raise AdvkitError(f"--pruner must be median, hyperband or none (options as in median:startup=5,warmup=1), "
-                          f"got {spec!r}")
+        raise AdvkitError(
+            f"--pruner must be median, hyperband or none (options as in median:startup=5,warmup=1), got {spec!r}"
+        )
     values = dict(PRUNERS[name])
     for item in filter(None, rest.split(",")):
         key, equals, text = item.partition("=")
@@ -95,7 +100,7 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, int]]:
     return name, values
 
 
-def make_pruner(spec: str, steps: int) -> "optuna.pruners.BasePruner":
+def make_pruner(spec: str, steps: int) -> optuna.pruners.BasePruner:
     """The Optuna pruner of ``--pruner``; a step is one epoch of one seed's run (``steps`` in a whole trial)."""
     import optuna
 
@@ -103,8 +108,9 @@ def make_pruner(spec: str, steps: int) -> "optuna.pruners.BasePruner":
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=values["startup"], n_warmup_steps=values["warmup"])
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=values["min"], max_resource=max(steps, values["min"]),
-                                              reduction_factor=values["reduction"])
+        return optuna.pruners.HyperbandPruner(
+            min_resource=values["min"], max_resource=max(steps, values["min"]), reduction_factor=values["reduction"]
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -121,18 +127,19 @@ class Tally:
         return self.ended + self.running + self.waiting
 
 
-def counted(trials: list["FrozenTrial"]) -> list["FrozenTrial"]:
+def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials ``--trials`` counts: all but re-queued failures (their copy counts) and surplus claims."""
     requeued = {number for trial in trials for number in trial.system_attrs.get("retry_history", [])}
     return [trial for trial in trials if trial.number not in requeued and not trial.user_attrs.get(SURPLUS)]
 
 
-def tally(trials: list["FrozenTrial"]) -> Tally:
+def tally(trials: list[FrozenTrial]) -> Tally:
     from optuna.trial import TrialState
 
     states = [trial.state for trial in counted(trials)]
-    return Tally(sum(state.is_finished() for state in states), states.count(TrialState.RUNNING),
-                 states.count(TrialState.WAITING))
+    return Tally(
+        sum(state.is_finished() for state in states), states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
+    )
 
 
 def run_folder(out: Path, folder: int) -> Path:
@@ -162,7 +169,7 @@ class SweepDriver:
         self.seeds = settings.seeds if settings.seeds is not None else [0]
 
     # ------------------------------------------------------------------------------------------ the study
-    def open_study(self) -> "optuna.Study":
+    def open_study(self) -> optuna.Study:
         """Create the study (recording its sweep, queueing the space's ``enqueue`` entries) or load it."""
         import optuna
         from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -171,16 +178,19 @@ class SweepDriver:
         # A stopped trial is re-queued however often a sweep is stopped; one whose worker died, MAX_RETRIES times
         # at most (a configuration that kills its worker each time must not do so for ever).
         self.requeue = RetryHeartbeatStaleTrialCallback()
-        storage = open_storage(self.settings.storage, self.settings.heartbeat,
-                               RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        storage = open_storage(
+            self.settings.storage, self.settings.heartbeat, RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+        )
         # TPE models the trials once a few random ones exist: 10 by default, the whole of a small sweep.
-        sampler = optuna.samplers.TPESampler(n_startup_trials=max(2, min(10, self.settings.trials // 3)),
-                                             constant_liar=True)  # parallel workers spread out
+        sampler = optuna.samplers.TPESampler(
+            n_startup_trials=max(2, min(10, self.settings.trials // 3)), constant_liar=True
+        )  # parallel workers spread out
         pruner = make_pruner(self.settings.pruner, steps_per_trial(self.sweep, len(self.seeds)))
         name = self.settings.study_name
         try:
-            study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                                        pruner=pruner)
+            study = optuna.create_study(
+                storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner
+            )
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # made earlier, or by another worker just now
             study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -188,7 +198,7 @@ class SweepDriver:
         if DEFINITION_KEY not in study.user_attrs:
             study.set_user_attr(DEFINITION_KEY, self.sweep.definition(self.settings.seeds))
         if created:
-            for params in self.sweep.enqueue[:self.settings.trials]:
+            for params in self.sweep.enqueue[: self.settings.trials]:
                 study.enqueue_trial(params, skip_if_exists=True)
         self.study = study
         return study
@@ -208,33 +218,45 @@ class SweepDriver:
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    self.echo(f"--timeout reached: {now.ended} of {settings.trials} trials ended; "
-                              "run the command again to continue")
+                    self.echo(
+                        f"--timeout reached: {now.ended} of {settings.trials} trials ended; "
+                        "run the command again to continue"
+                    )
                     break
                 to_start = now.waiting + max(0, settings.trials - now.total)
                 if to_start:
-                    study.optimize(self.objective, n_trials=to_start, timeout=left,
-                                   n_jobs=min(settings.workers, to_start), catch=(TrialEnded,),
-                                   callbacks=[self.after_trial], gc_after_trial=False)
+                    study.optimize(
+                        self.objective,
+                        n_trials=to_start,
+                        timeout=left,
+                        n_jobs=min(settings.workers, to_start),
+                        catch=(TrialEnded,),
+                        callbacks=[self.after_trial],
+                        gc_after_trial=False,
+                    )
                     told_waiting = False
                     continue
                 if not told_waiting:
-                    self.echo(f"waiting for {now.running} trial(s) running elsewhere (a worker silent for "
-                              f"{2 * settings.heartbeat}s loses its trial to this one)")
+                    self.echo(
+                        f"waiting for {now.running} trial(s) running elsewhere (a worker silent for "
+                        f"{2 * settings.heartbeat}s loses its trial to this one)"
+                    )
                     told_waiting = True
                 time.sleep(min(settings.heartbeat, 5))
                 optuna.storages.fail_stale_trials(study)
         if self.request:
             ended = tally(study.get_trials(deepcopy=False)).ended
-            raise StoppedBySignal(self.request.signal_name or "SIGTERM", self.request.exit_status,
-                                  f"sweep stopped ({ended} of {settings.trials} trials ended; running ones saved and "
-                                  "re-queued); run the same command again to continue")
+            raise StoppedBySignal(
+                self.request.signal_name or "SIGTERM",
+                self.request.exit_status,
+                f"sweep stopped ({ended} of {settings.trials} trials ended; running ones saved and "
+                "re-queued); run the same command again to continue",
+            )
 
     # ------------------------------------------------------------------------------------------ one trial
-    def objective(self, trial: "optuna.Trial") -> float:
+    def objective(self, trial: optuna.Trial) -> float:
         """Train the sampled configuration at every seed and return the mean objective; pruning and failures
         end it early (``optuna.TrialPruned``, ``TrialEnded``)."""
-        import optuna
 
         trial.set_user_attr(REQUEUE, False)
         if self.request:
@@ -247,8 +269,10 @@ class SweepDriver:
         trial.set_user_attr(CONFIG, runs[0].config.to_dict())
         trial.set_user_attr("host", socket.gethostname())
         where = run_folder(self.settings.out, folder)
-        self.echo(f"start  trial {trial.number} ({describe(values)}) in {where}"
-                  + (f", continuing trial {folder}" if folder != trial.number else ""))
+        self.echo(
+            f"start  trial {trial.number} ({describe(values)}) in {where}"
+            + (f", continuing trial {folder}" if folder != trial.number else "")
+        )
         reported: dict[int, int] = {}
         for index, run in enumerate(runs):
             if training_state(run) != "done":
@@ -262,15 +286,22 @@ class SweepDriver:
     def runs_of(self, folder: int, values: dict[str, Any]) -> list[StudyRun]:
         """The trial's runs: the folder itself, or one subfolder per seed with --seeds."""
         root = run_folder(self.settings.out, folder)
-        return [StudyRun(f"trial {folder}", seed, root / f"seed{seed}" if self.settings.seeds is not None else root,
-                         self.sweep.config(values, seed)) for seed in self.seeds]
+        return [
+            StudyRun(
+                f"trial {folder}",
+                seed,
+                root / f"seed{seed}" if self.settings.seeds is not None else root,
+                self.sweep.config(values, seed),
+            )
+            for seed in self.seeds
+        ]
 
     def log_of(self, run: StudyRun) -> Path:
         """OUT/logs/trial-<folder>[-seed<k>].log: appended to when a re-queued copy continues the run."""
         parts = run.directory.relative_to(self.settings.out / TRIALS).parts
         return self.settings.out / LOGS / f"trial-{'-'.join(parts)}.log"
 
-    def _claim(self, trial: "optuna.Trial") -> None:
+    def _claim(self, trial: optuna.Trial) -> None:
         """A fresh trial beyond ``--trials`` (two workers asked at once for the last one) is not run."""
         trials = trial.study.get_trials(deepcopy=False)
         mine = next(item for item in trials if item.number == trial.number)
@@ -281,7 +312,7 @@ class SweepDriver:
             trial.study.stop()
             raise TrialEnded("surplus: another worker claimed the study's last trial first")
 
-    def _train(self, trial: "optuna.Trial", run: StudyRun, index: int, reported: dict[int, int]) -> None:
+    def _train(self, trial: optuna.Trial, run: StudyRun, index: int, reported: dict[int, int]) -> None:
         """One seed's ``advkit train``, watched until it ends, is pruned, or the sweep stops."""
         prepare_run(run)
         self._wait_until_free(trial, run)
@@ -304,7 +335,7 @@ class SweepDriver:
             raise self._end(trial, f"its training was stopped by a signal (exit {status})", requeue=True)
         raise self._end(trial, f"training failed (exit {status}): {last_line(log)}  [log: {log}]", requeue=False)
 
-    def _wait_until_free(self, trial: "optuna.Trial", run: StudyRun) -> None:
+    def _wait_until_free(self, trial: optuna.Trial, run: StudyRun) -> None:
         """A killed sweep's child may still be saving in the folder a re-queued copy continues: wait for it."""
         told = False
         while True:
@@ -319,7 +350,7 @@ class SweepDriver:
                     told = True
                 time.sleep(POLL_S)
 
-    def _report(self, trial: "optuna.Trial", run: StudyRun, index: int, reported: dict[int, int]) -> bool:
+    def _report(self, trial: optuna.Trial, run: StudyRun, index: int, reported: dict[int, int]) -> bool:
         """Report the epochs that ended since the last look; whether the pruner stops the trial here (never
         after its last step: then there is nothing left to save)."""
         from ..plots import read_metrics
@@ -336,19 +367,19 @@ class SweepDriver:
         last_step = len(records) >= run.config.epochs and index == len(self.seeds) - 1
         return not last_step and trial.should_prune()
 
-    def _pruned(self, trial: "optuna.Trial", run: StudyRun, index: int, reported: dict[int, int]) -> Exception:
+    def _pruned(self, trial: optuna.Trial, run: StudyRun, index: int, reported: dict[int, int]) -> Exception:
         import optuna
 
         seed = f" of seed {run.seed}" if self.settings.seeds is not None else ""
         trial.set_user_attr(OUTCOME, f"pruned after epoch {reported[index]}{seed}")
         return optuna.TrialPruned(f"pruned after epoch {reported[index]}{seed}")
 
-    def _end(self, trial: "optuna.Trial", why: str, requeue: bool) -> TrialEnded:
+    def _end(self, trial: optuna.Trial, why: str, requeue: bool) -> TrialEnded:
         trial.set_user_attr(REQUEUE, requeue)
         trial.set_user_attr(OUTCOME, f"failed, re-queued: {why}" if requeue else f"failed: {why}")
         return TrialEnded(why)
 
-    def after_trial(self, study: "optuna.Study", trial: "FrozenTrial") -> None:
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Re-queue a stopped trial, say how the trial ended, and stop asking once the study is full."""
         from optuna.trial import TrialState
 
@@ -356,8 +387,11 @@ class SweepDriver:
             return
         if trial.state == TrialState.FAIL and trial.user_attrs.get(REQUEUE):
             self.requeue(study, trial)
-        elapsed = duration((trial.datetime_complete - trial.datetime_start).total_seconds()) \
-            if trial.datetime_complete and trial.datetime_start else "?"
+        elapsed = (
+            duration((trial.datetime_complete - trial.datetime_start).total_seconds())
+            if trial.datetime_complete and trial.datetime_start
+            else "?"
+        )
         self.echo(f"trial {trial.number}: {trial.user_attrs.get(OUTCOME, trial.state.name.lower())} ({elapsed})")
         now = tally(study.get_trials(deepcopy=False))
         if self.request or (now.total >= self.settings.trials and not now.waiting):
@@ -397,9 +431,11 @@ def run_sweep(sweep: Sweep, settings: SweepSettings, echo: Callable[[str], None]
         driver = SweepDriver(sweep, settings, echo)
         study = driver.open_study()
         now = tally(study.get_trials(deepcopy=False))
-        echo(f"sweep {settings.study_name}: {now.ended} of {settings.trials} trials ended, {settings.workers} at a "
-             f"time here with {settings.threads} thread(s) each; study in {shown(settings.storage)}, logs in "
-             f"{settings.out / LOGS}")
+        echo(
+            f"sweep {settings.study_name}: {now.ended} of {settings.trials} trials ended, {settings.workers} at a "
+            f"time here with {settings.threads} thread(s) each; study in {shown(settings.storage)}, logs in "
+            f"{settings.out / LOGS}"
+        )
         driver.run()
         for line in write_outputs(study, sweep, settings):
             echo(line)

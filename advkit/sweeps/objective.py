@@ -31,7 +31,9 @@ class Objective:
         if self.metric == "last_val_robust":
             return values["val robust (last)"]
         if self.metric == "mix":
-            return self.clean_weight * values["val clean (best)"] + (1.0 - self.clean_weight) * values["val robust (best)"]
+            return (
+                self.clean_weight * values["val clean (best)"] + (1.0 - self.clean_weight) * values["val robust (best)"]
+            )
         return values["val robust (best)"]
 
     def so_far(self, config: dict[str, Any], records: list[dict[str, Any]]) -> float:
@@ -44,12 +46,17 @@ class Objective:
 
     def describe(self) -> str:
         if self.metric == "mix":
-            return (f"{self.clean_weight:g}·clean + {1 - self.clean_weight:g}·robust validation accuracy "
-                    "at the best epoch")
+            return (
+                f"{self.clean_weight:g}·clean + {1 - self.clean_weight:g}·robust validation accuracy at the best epoch"
+            )
         return f"{self.metric.split('_')[0]}-epoch validation robust accuracy"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "clean_weight": self.clean_weight} if self.metric == "mix" else {"metric": self.metric}
+        return (
+            {"metric": self.metric, "clean_weight": self.clean_weight}
+            if self.metric == "mix"
+            else {"metric": self.metric}
+        )
 
 
 def parse_objective(source: Path, data: dict[str, Any]) -> Objective:

@@ -23,17 +23,27 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-PLOTS = (("history.png", "plot_optimization_history"), ("importances.png", "plot_param_importances"),
-         ("parallel-coordinates.png", "plot_parallel_coordinate"))
+PLOTS = (
+    ("history.png", "plot_optimization_history"),
+    ("importances.png", "plot_param_importances"),
+    ("parallel-coordinates.png", "plot_parallel_coordinate"),
+)
 MIN_TRIALS_FOR_IMPORTANCE = 3
 
 
-def write_outputs(study: "optuna.Study", sweep: Sweep, settings: SweepSettings) -> list[str]:
+def objective_value(trial: FrozenTrial) -> float:
+    """A COMPLETE trial's objective (Optuna types ``value`` as optional: other states may lack one)."""
+    if trial.value is None:
+        raise ValueError(f"trial {trial.number} has no objective value")
+    return trial.value
+
+
+def write_outputs(study: optuna.Study, sweep: Sweep, settings: SweepSettings) -> list[str]:
     """summary.md, summary.csv, best.yaml and the plots in ``settings.out``; returns what to tell the user."""
     trials = [trial for trial in study.get_trials(deepcopy=False) if not trial.user_attrs.get(SURPLUS)]
     out = settings.out
     complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
-    best = max(complete, key=lambda trial: trial.value) if complete else None
+    best = max(complete, key=objective_value) if complete else None
     header = _header(study, sweep, settings, trials, best)
     groups, leading = _table(trials, sweep, settings)
     atomic_write_text("\n".join(header) + "\n\n" + markdown_table(groups, leading, "trial"), out / "summary.md")
@@ -45,23 +55,35 @@ def write_outputs(study: "optuna.Study", sweep: Sweep, settings: SweepSettings) 
     return lines + write_plots(study, out, len(sweep.parameters))
 
 
-def _header(study: "optuna.Study", sweep: Sweep, settings: SweepSettings, trials: list["FrozenTrial"],
-            best: "FrozenTrial | None") -> list[str]:
+def _header(
+    study: optuna.Study,
+    sweep: Sweep,
+    settings: SweepSettings,
+    trials: list[FrozenTrial],
+    best: FrozenTrial | None,
+) -> list[str]:
     states: dict[str, int] = {}
     for trial in trials:
         states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
     seeds = f" (mean over seeds {', '.join(map(str, settings.seeds))})" if settings.seeds is not None else ""
-    lines = [f"# Sweep {study.study_name}", "",
-             f"- study: {study.study_name} in {shown(settings.storage)}",
-             f"- objective: {sweep.objective.describe()}{seeds}, on the validation split",
-             f"- trials: {tally(trials).ended} of {settings.trials} ended ("
-             + ", ".join(f"{count} {state}" for state, count in sorted(states.items())) + ")"]
+    lines = [
+        f"# Sweep {study.study_name}",
+        "",
+        f"- study: {study.study_name} in {shown(settings.storage)}",
+        f"- objective: {sweep.objective.describe()}{seeds}, on the validation split",
+        f"- trials: {tally(trials).ended} of {settings.trials} ended ("
+        + ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        + ")",
+    ]
     if best is not None:
-        lines.append(f"- best: trial {best.number}, {100 * best.value:.2f}%: {describe(sweep.values(best.params))}")
+        settings_text = describe(sweep.values(best.params))
+        lines.append(f"- best: trial {best.number}, {100 * objective_value(best):.2f}%: {settings_text}")
     return lines
 
 
-def _table(trials: list["FrozenTrial"], sweep: Sweep, settings: SweepSettings) -> tuple[list[Group], dict[str, list[str]]]:
+def _table(
+    trials: list[FrozenTrial], sweep: Sweep, settings: SweepSettings
+) -> tuple[list[Group], dict[str, list[str]]]:
     """One row per trial: state, objective, parameters, then the summary columns of its runs found here.
 
     A re-queued failure shows no runs: its copy, which continued the same folder, shows them."""
@@ -79,7 +101,7 @@ def _table(trials: list["FrozenTrial"], sweep: Sweep, settings: SweepSettings) -
             state += f": {trial.user_attrs[OUTCOME].removeprefix('failed: ')}"[:90]
         leading["state"].append(state)
         complete = trial.state.name == "COMPLETE"  # a pruned trial's value is only where it stopped: see its columns
-        leading["objective (%)"].append(f"{100 * trial.value:.2f}" if complete else "–")
+        leading["objective (%)"].append(f"{100 * objective_value(trial):.2f}" if complete else "–")
         complete_params = all(axis in trial.params for parameter in sweep.parameters for axis in parameter.axis_names())
         values = sweep.values(trial.params) if complete_params else {}
         for parameter in sweep.parameters:
@@ -93,24 +115,26 @@ def _table(trials: list["FrozenTrial"], sweep: Sweep, settings: SweepSettings) -
     return groups, leading
 
 
-def best_config(study: "optuna.Study", best: "FrozenTrial", sweep: Sweep, settings: SweepSettings) -> str:
+def best_config(study: optuna.Study, best: FrozenTrial, sweep: Sweep, settings: SweepSettings) -> str:
     """A runnable ``--config`` of the best trial (its first seed's run), with a header saying where it came from."""
     config = best.user_attrs[CONFIG]
     folder = run_folder(settings.out, best.user_attrs[RUN_FOLDER])
     if settings.seeds is not None:
         folder = folder / f"seed{config['seed']}"
     seeds = f" (mean over seeds {', '.join(map(str, settings.seeds))})" if settings.seeds is not None else ""
-    lines = [f"# advkit sweep {study.study_name}: best trial {best.number}, {sweep.objective.describe()} "
-             f"{100 * best.value:.2f}%{seeds}",
-             f"# parameters: {describe(sweep.values(best.params))}",
-             f"# its run: {folder}",
-             "# reproduce it: advkit train --config best.yaml --out runs/best"]
+    lines = [
+        f"# advkit sweep {study.study_name}: best trial {best.number}, {sweep.objective.describe()} "
+        f"{100 * objective_value(best):.2f}%{seeds}",
+        f"# parameters: {describe(sweep.values(best.params))}",
+        f"# its run: {folder}",
+        "# reproduce it: advkit train --config best.yaml --out runs/best",
+    ]
     if settings.seeds is not None and len(settings.seeds) > 1:
         lines.append(f"# this file trains seed {config['seed']}; set seed: to train the trial's other seeds")
     return "\n".join(lines) + "\n" + yaml.safe_dump(config, sort_keys=False)
 
 
-def write_plots(study: "optuna.Study", out: Path, n_parameters: int) -> list[str]:
+def write_plots(study: optuna.Study, out: Path, n_parameters: int) -> list[str]:
     """Optuna's optimisation history, parameter importances and parallel coordinates as PNG files."""
     import matplotlib
     from matplotlib import pyplot
@@ -124,8 +148,10 @@ def write_plots(study: "optuna.Study", out: Path, n_parameters: int) -> list[str
     written, notes = [], []
     for name, function in PLOTS:
         if name == "importances.png" and (n_parameters < 2 or len(complete) < MIN_TRIALS_FOR_IMPORTANCE):
-            notes.append(f"{name} skipped: parameter importances need at least 2 parameters and "
-                         f"{MIN_TRIALS_FOR_IMPORTANCE} completed trials")
+            notes.append(
+                f"{name} skipped: parameter importances need at least 2 parameters and "
+                f"{MIN_TRIALS_FOR_IMPORTANCE} completed trials"
+            )
             continue
         if name == "parallel-coordinates.png" and len(complete) < 2:
             notes.append(f"{name} skipped: parallel coordinates need at least 2 completed trials")

@@ -31,9 +31,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..config import TrainConfig, config_from_mapping, normalise_options, select_components
 from ..errors import AdvkitError
@@ -50,8 +51,10 @@ SPACE_KEYS = ("base", "space", "objective", "enqueue")
 RANGE_KEYS = ("low", "high", "log", "step")
 KINDS = ("float", "int", "categorical", "schedule")
 SETTINGS = tuple(item.name for item in dataclasses.fields(TrainConfig))
-NOT_SEARCHED = {"seed": "seeds are given with --seeds, and a trial's value is their mean",
-                "options": "name component options one by one, e.g. trades.beta or attack.steps"}
+NOT_SEARCHED = {
+    "seed": "seeds are given with --seeds, and a trial's value is their mean",
+    "options": "name component options one by one, e.g. trades.beta or attack.steps",
+}
 
 
 def _number(source: Path, where: str, value: Any, integer: bool) -> float:
@@ -64,7 +67,9 @@ def _number(source: Path, where: str, value: Any, integer: bool) -> float:
             raise ValueError
         number = parse_float(value)
     except ValueError:
-        raise file_error(source, f"{where} must be a number (fractions such as 8/255 are accepted), got {value!r}") from None
+        raise file_error(
+            source, f"{where} must be a number (fractions such as 8/255 are accepted), got {value!r}"
+        ) from None
     if number != number or number in (float("inf"), float("-inf")):
         raise file_error(source, f"{where} must be finite, got {value!r}")
     return number
@@ -81,7 +86,7 @@ class Range:
     integer: bool = False
 
     @classmethod
-    def parse(cls, source: Path, where: str, spec: dict[str, Any], integer: bool) -> "Range":
+    def parse(cls, source: Path, where: str, spec: dict[str, Any], integer: bool) -> Range:
         if "low" not in spec or "high" not in spec:
             raise file_error(source, f"{where} needs low and high")
         low, high = (_number(source, f"{where}.{key}", spec[key], integer) for key in ("low", "high"))
@@ -89,7 +94,9 @@ class Range:
         if not isinstance(log, bool):
             raise file_error(source, f"{where}.log must be true or false, got {log!r}")
         if low >= high:
-            raise file_error(source, f"{where}: low ({low:g}) must be below high ({high:g}); a fixed value belongs in base")
+            raise file_error(
+                source, f"{where}: low ({low:g}) must be below high ({high:g}); a fixed value belongs in base"
+            )
         if log and low <= 0:
             raise file_error(source, f"{where}: a log range needs low > 0, got {low:g}")
         step = spec.get("step")
@@ -99,13 +106,17 @@ class Range:
                 raise file_error(source, f"{where}.step must be positive, and cannot be combined with log")
         return cls(low, high, log, step, integer)
 
-    def suggest(self, trial: "Trial", axis: str) -> float:
+    def suggest(self, trial: Trial, axis: str) -> float:
         if self.integer:
             return trial.suggest_int(axis, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(axis, self.low, self.high, step=self.step, log=self.log)
 
     def contains(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (self.integer and not isinstance(value, int))
+        ):
             return False
         return self.low <= value <= self.high
 
@@ -143,7 +154,9 @@ class Parameter:
         """The values a run must accept for every trial to be valid: both ends of each range, each choice."""
         if self.kind == "categorical":
             return list(self.choices)
-        corners = [{axis: getattr(axis_range, end) for axis, axis_range in self.axes.items()} for end in ("low", "high")]
+        corners = [
+            {axis: getattr(axis_range, end) for axis, axis_range in self.axes.items()} for end in ("low", "high")
+        ]
         return [self.value(corner) for corner in corners]
 
     def params_of(self, source: Path, value: Any) -> dict[str, Any]:
@@ -178,8 +191,13 @@ class Parameter:
         """The parameter as a study records it, to tell a changed space from the same one."""
         if self.kind == "categorical":
             return {"name": self.name, "type": self.kind, "choices": list(self.choices)}
-        return {"name": self.name, "type": self.kind, "shape": self.shape if self.kind == "schedule" else None,
-                "axes": {axis: value.to_dict() for axis, value in self.axes.items()}, "fixed": self.fixed}
+        return {
+            "name": self.name,
+            "type": self.kind,
+            "shape": self.shape if self.kind == "schedule" else None,
+            "axes": {axis: value.to_dict() for axis, value in self.axes.items()},
+            "fixed": self.fixed,
+        }
 
 
 def _check_name(source: Path, name: Any) -> str:
@@ -195,8 +213,11 @@ def _check_name(source: Path, name: Any) -> str:
     if name not in SETTINGS:
         close = difflib.get_close_matches(name, SETTINGS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise file_error(source, f"unknown parameter '{name}'{hint} (a run setting such as lr or awp, or a component "
-                                 "option written component.option such as adr.temperature)")
+        raise file_error(
+            source,
+            f"unknown parameter '{name}'{hint} (a run setting such as lr or awp, or a component "
+            "option written component.option such as adr.temperature)",
+        )
     return name
 
 
@@ -252,7 +273,7 @@ class Sweep:
         """``{parameter: setting value}`` from a trial's Optuna parameters."""
         return {parameter.name: parameter.value(params) for parameter in self.parameters}
 
-    def sample(self, trial: "Trial") -> dict[str, Any]:
+    def sample(self, trial: Trial) -> dict[str, Any]:
         """Ask Optuna for every parameter of ``trial`` (a re-queued or enqueued trial gets its stored values)."""
         params = {}
         for parameter in self.parameters:
@@ -312,8 +333,12 @@ class Sweep:
         """What a study records of its sweep, to refuse a changed one under the same name: the base (less the
         settings that do not change a run), the parameters, the objective and the seeds."""
         base = {key: value for key, value in self.config({}).to_dict().items() if key not in NOT_CONFIGURATION}
-        definition = {"base": base, "space": [parameter.to_dict() for parameter in self.parameters],
-                      "objective": self.objective.to_dict(), "seeds": list(seeds) if seeds is not None else None}
+        definition = {
+            "base": base,
+            "space": [parameter.to_dict() for parameter in self.parameters],
+            "objective": self.objective.to_dict(),
+            "seeds": list(seeds) if seeds is not None else None,
+        }
         return json.loads(json.dumps(definition))
 
 
@@ -327,9 +352,13 @@ def load_sweep(path: str | Path) -> Sweep:
         raise file_error(source, "base sets 'seed'; give the seeds with --seeds (default 0)")
     space = mapping_of(source, "space", data.get("space"))
     if not space:
-        raise file_error(source, "'space' is empty: name a parameter, e.g. space: {lr: {type: float, low: 0.01, high: 0.2}}")
+        raise file_error(
+            source, "'space' is empty: name a parameter, e.g. space: {lr: {type: float, low: 0.01, high: 0.2}}"
+        )
     parameters = [parse_parameter(source, name, spec) for name, spec in space.items()]
-    sweep = Sweep(source, base, parameters, parse_objective(source, mapping_of(source, "objective", data.get("objective"))))
+    sweep = Sweep(
+        source, base, parameters, parse_objective(source, mapping_of(source, "objective", data.get("objective")))
+    )
     sweep.check()
     entries = data.get("enqueue") or []
     if not isinstance(entries, list):

@@ -11,8 +11,9 @@ import json
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AdvkitError
 
@@ -64,8 +65,10 @@ def resolve_storage(url: str) -> str:
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise AdvkitError(f"--storage {url!r} is not a database URL such as sqlite:///sweep.db or "
-                          "postgresql://user:password@host:5432/database") from None
+        raise AdvkitError(
+            f"--storage {url!r} is not a database URL such as sqlite:///sweep.db or "
+            "postgresql://user:password@host:5432/database"
+        ) from None
     if parsed.drivername == "postgresql":
         for module in ("psycopg", "psycopg2"):
             if importlib.util.find_spec(module) is not None:
@@ -85,7 +88,9 @@ def check_storage(url: str, out: Path) -> bool:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:"):
-            raise _unreachable(hidden, "an in-memory database ends with the command; give a file, e.g. sqlite:///sweep.db")
+            raise _unreachable(
+                hidden, "an in-memory database ends with the command; give a file, e.g. sqlite:///sweep.db"
+            )
         path = Path(database)
         if path.is_dir():
             raise _unreachable(hidden, f"{path} is a folder, not a database file")
@@ -102,7 +107,9 @@ def check_storage(url: str, out: Path) -> bool:
             return sqlalchemy.inspect(connection).has_table("studies")
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise _unreachable(hidden, f"cannot open the database ({reason[0] if reason else type(exc).__name__})") from None
+        raise _unreachable(
+            hidden, f"cannot open the database ({reason[0] if reason else type(exc).__name__})"
+        ) from None
     finally:
         engine.dispose()
 
@@ -126,7 +133,9 @@ def check_study(url: str, name: str, definition: dict[str, Any]) -> None:
     objective and seeds (a changed space would mix trials of two questions in one study)."""
     from optuna.storages import RDBStorage
 
-    storage = _storage_or_error(lambda: RDBStorage(url, engine_kwargs=engine_options(url), skip_table_creation=True), url)
+    storage = _storage_or_error(
+        lambda: RDBStorage(url, engine_kwargs=engine_options(url), skip_table_creation=True), url
+    )
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
@@ -134,13 +143,17 @@ def check_study(url: str, name: str, definition: dict[str, Any]) -> None:
     stored = storage.get_study_user_attrs(study_id).get(DEFINITION_KEY)
     if stored is None:
         if storage.get_all_trials(study_id, deepcopy=False):
-            raise AdvkitError(f"study '{name}' in {shown(url)} holds trials but was not made by advkit sweep; "
-                              "choose another --study-name")
+            raise AdvkitError(
+                f"study '{name}' in {shown(url)} holds trials but was not made by advkit sweep; "
+                "choose another --study-name"
+            )
         return
     difference = first_difference(stored, definition)
     if difference is not None:
-        raise AdvkitError(f"study '{name}' in {shown(url)} was made from another sweep ({difference}); restore the "
-                          "space file and --seeds, or choose another --study-name")
+        raise AdvkitError(
+            f"study '{name}' in {shown(url)} was made from another sweep ({difference}); restore the "
+            "space file and --seeds, or choose another --study-name"
+        )
 
 
 def first_difference(stored: Any, current: Any, where: str = "") -> str | None:
@@ -152,7 +165,7 @@ def first_difference(stored: Any, current: Any, where: str = "") -> str | None:
                 return found
         return None
     if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
-        for index, (old, new) in enumerate(zip(stored, current)):
+        for index, (old, new) in enumerate(zip(stored, current, strict=True)):
             label = old.get("name", index) if isinstance(old, dict) else index
             found = first_difference(old, new, f"{where}.{label}" if isinstance(label, str) else f"{where}[{label}]")
             if found:
@@ -163,16 +176,22 @@ def first_difference(stored: Any, current: Any, where: str = "") -> str | None:
     return None
 
 
-def open_storage(url: str, heartbeat: int,
-                 on_stale: Callable[["optuna.study.Study", "optuna.trial.FrozenTrial"], None]) -> "RDBStorage":
+def open_storage(
+    url: str, heartbeat: int, on_stale: Callable[[optuna.study.Study, optuna.trial.FrozenTrial], None]
+) -> RDBStorage:
     """The study database for writing, with heartbeats: a trial whose worker has been silent for twice
     ``heartbeat`` seconds is marked FAIL and handed to ``on_stale`` (which re-queues it)."""
     import sqlalchemy
     from optuna.storages import RDBStorage
 
     def make() -> RDBStorage:
-        return RDBStorage(url, engine_kwargs=engine_options(url), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                          heartbeat_stale_trial_callback=on_stale)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_options(url),
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=on_stale,
+        )
 
     for _ in range(TABLE_RACE_ATTEMPTS - 1):
         try:
@@ -182,7 +201,7 @@ def open_storage(url: str, heartbeat: int,
     return _storage_or_error(make, url)
 
 
-def _storage_or_error(make: Callable[[], "RDBStorage"], url: str) -> "RDBStorage":
+def _storage_or_error(make: Callable[[], RDBStorage], url: str) -> RDBStorage:
     """Optuna's storage, with its refusals (a schema of another Optuna version) as one line."""
     import sqlalchemy
 

@@ -2,12 +2,12 @@ import math
 
 import pytest
 import torch
+from advkit_mart import Mart, boosted_cross_entropy
 from click.testing import CliRunner
 from torch import nn
 
 from advkit import OptionError, Progress, StepContext, one_hot
 from advkit.cli import cli
-from advkit_mart import Mart, boosted_cross_entropy
 
 # nn.Flatten() as the model: an input of shape B×1×1×C is its own logits.
 CLEAN = torch.tensor([[[[0.0, math.log(3.0)]]]])  # softmax [1/4, 3/4]
@@ -38,9 +38,31 @@ def test_mart_trains_end_to_end_and_is_listed(tmp_path):
     runner = CliRunner()
     listing = runner.invoke(cli, ["plugins"])
     assert any(line.split()[:3] == ["objective", "mart", "advkit-mart"] for line in listing.output.splitlines())
-    result = runner.invoke(cli, ["train", "--dataset", "digits", "--model", "small-cnn", "--objective", "mart",
-                                 "--eps", "0.1", "--epochs", "1", "--batch-size", "64", "--val-steps", "2",
-                                 "-o", "mart.beta=5", "--out", str(tmp_path / "run"), "--quiet"])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "small-cnn",
+            "--objective",
+            "mart",
+            "--eps",
+            "0.1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--val-steps",
+            "2",
+            "-o",
+            "mart.beta=5",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best.pt").is_file()
     assert "beta: 5.0" in (tmp_path / "run" / "config.yaml").read_text()

@@ -22,8 +22,8 @@ from advkit import (
     RunSetup,
     Schedule,
     StepContext,
-    common_attack_options,
     adversarial_distillation_loss,
+    common_attack_options,
     distillation_kl,
     distillation_options,
     frozen_for_attack,
@@ -44,8 +44,16 @@ class AdaADAttack(Attack):
     needs_teacher: ClassVar[bool] = True
     uses_targets: ClassVar[bool] = False
     options = common_attack_options(start="gauss", bn_mode="eval") + (
-        Option("eps_schedule", Schedule, None, "ε over training, e.g. 2/255:8/255:linear (overrides eps; "
-               "alpha, if unset, follows it as ε/4); unset: constant eps", low=0.0, high=1.0, optional=True),
+        Option(
+            "eps_schedule",
+            Schedule,
+            None,
+            "ε over training, e.g. 2/255:8/255:linear (overrides eps; "
+            "alpha, if unset, follows it as ε/4); unset: constant eps",
+            low=0.0,
+            high=1.0,
+            optional=True,
+        ),
     )
 
     def __init__(self, model: nn.Module, teacher: nn.Module | None = None, **values: Any) -> None:
@@ -59,8 +67,14 @@ class AdaADAttack(Attack):
     def perturb(self, ctx: StepContext) -> torch.Tensor:
         return self(ctx.x, None, eps=self.epsilon_at(ctx.progress.fraction), teacher=ctx.teacher)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *, eps: float | None = None,
-                teacher: nn.Module | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        eps: float | None = None,
+        teacher: nn.Module | None = None,
+    ) -> torch.Tensor:
         teacher = teacher if teacher is not None else self.teacher
         if teacher is None:
             raise AdvkitError("attack 'adaad' needs a teacher: pass --teacher, or AdaADAttack(model, teacher=...)")
@@ -90,12 +104,24 @@ class AdaAD(Objective):
     needs_teacher: ClassVar[bool] = True
     default_attack: ClassVar[str] = "adaad"
     options = (
-        Option("adv_weight", float, 1.0, "weight w (the paper's α) of the adversarial term; the clean term gets "
-               "1 − w", low=0.0, high=1.0),
+        Option(
+            "adv_weight",
+            float,
+            1.0,
+            "weight w (the paper's α) of the adversarial term; the clean term gets 1 − w",
+            low=0.0,
+            high=1.0,
+        ),
         Option("temperature", float, 1.0, "softmax temperature τ of both networks (AdaAD: 1)", low=0.0, low_open=True),
         Option("kl_reduction", str, "batchmean", "KL reduction", choices=KL_REDUCTIONS),
-        Option("scale", float, None, "factor on the loss; default: the official 0.1 (1.0 on cifar100)",
-               low=0.0, optional=True),
+        Option(
+            "scale",
+            float,
+            None,
+            "factor on the loss; default: the official 0.1 (1.0 on cifar100)",
+            low=0.0,
+            optional=True,
+        ),
     )
 
     def setup(self, run: RunSetup) -> None:
@@ -112,12 +138,14 @@ class AdaAD(Objective):
         total = torch.zeros((), device=ctx.x.device)
         if logits_adv is not None:
             teacher_adv = ctx.teacher_logits(adversarial=True)
-            total = total + self.adv_weight * distillation_kl(teacher_adv, logits_adv, self.temperature,
-                                                              self.kl_reduction)
+            total = total + self.adv_weight * distillation_kl(
+                teacher_adv, logits_adv, self.temperature, self.kl_reduction
+            )
         if logits_clean is not None:
             teacher_clean = ctx.teacher_logits()
-            total = total + (1.0 - self.adv_weight) * distillation_kl(teacher_clean, logits_clean, self.temperature,
-                                                                      self.kl_reduction)
+            total = total + (1.0 - self.adv_weight) * distillation_kl(
+                teacher_clean, logits_clean, self.temperature, self.kl_reduction
+            )
         return scale * total
 
 
@@ -135,6 +163,12 @@ class AdaIAD(Objective):
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
         beta = self.beta if ctx.progress.epoch >= self.begin else None
-        return adversarial_distillation_loss(ctx, alpha=self.alpha, temperature=self.temperature,
-                                             kl_reduction=self.kl_reduction, scale=self.scale,
-                                             teacher_on_adversarial=True, introspection_beta=beta)
+        return adversarial_distillation_loss(
+            ctx,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            kl_reduction=self.kl_reduction,
+            scale=self.scale,
+            teacher_on_adversarial=True,
+            introspection_beta=beta,
+        )

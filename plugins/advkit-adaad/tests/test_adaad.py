@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 import yaml
+from advkit_adaad import AdaAD, AdaADAttack, AdaIAD
 from click.testing import CliRunner
 from torch import nn
 
 from advkit import AdvkitError, Progress, RunSetup, StepContext, kl_divergence
 from advkit.cli import cli
 from advkit.testing import LogitModel, kl_by_hand, train_digits
-from advkit_adaad import AdaAD, AdaADAttack, AdaIAD
 
 LN3 = math.log(3.0)
 EPS = 0.1
@@ -66,8 +66,14 @@ def test_eps_schedule_follows_training_progress():
     x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(4)) * 0.5 + 0.25
     for fraction, radius in ((0.0, 0.02), (0.5, 0.06), (1.0, 0.1)):
         assert attack.epsilon_at(fraction) == pytest.approx(radius)
-        ctx = StepContext(model=student, x=x, y=torch.zeros(4, dtype=torch.long), num_classes=3,
-                          progress=Progress(0, int(fraction * 10), 10, 10), teacher=teacher)
+        ctx = StepContext(
+            model=student,
+            x=x,
+            y=torch.zeros(4, dtype=torch.long),
+            num_classes=3,
+            progress=Progress(0, int(fraction * 10), 10, 10),
+            teacher=teacher,
+        )
         assert (attack.perturb(ctx) - x).abs().amax() == pytest.approx(radius, abs=1e-6)
     assert AdaADAttack(student).epsilon_at(0.3) == pytest.approx(8 / 255)  # unset: constant ε
 
@@ -80,8 +86,15 @@ def test_attack_without_a_teacher_is_a_clear_error():
 def test_adaad_loss_by_hand_skips_the_clean_terms():
     student, teacher = LogitModel(), LogitModel(factor=2.0)
     x, x_adv = torch.tensor([[[[0.0, 0.0]]]]), torch.tensor([[[[0.0, LN3]]]])
-    ctx = StepContext(model=student, x=x, y=torch.tensor([1]), num_classes=2, progress=Progress(0, 0, 1, 1),
-                      teacher=teacher, x_adv=x_adv)
+    ctx = StepContext(
+        model=student,
+        x=x,
+        y=torch.tensor([1]),
+        num_classes=2,
+        progress=Progress(0, 0, 1, 1),
+        teacher=teacher,
+        x_adv=x_adv,
+    )
     # T(x′) = [0, 2 ln 3] → [1/10, 9/10]; S(x′) = [1/4, 3/4]; official scale 0.1
     adv_term = kl_by_hand([0.1, 0.9], [0.25, 0.75])
     assert AdaAD().loss(ctx).item() == pytest.approx(0.1 * adv_term, rel=1e-5)
@@ -93,8 +106,18 @@ def test_adaad_loss_by_hand_skips_the_clean_terms():
 
 def test_adaad_scale_follows_the_official_code_per_dataset():
     def setup(objective, dataset):
-        objective.setup(RunSetup(model=nn.Flatten(), num_classes=10, device=torch.device("cpu"), epochs=1,
-                                 iterations_per_epoch=1, teacher=None, weight_average=None, dataset=dataset))
+        objective.setup(
+            RunSetup(
+                model=nn.Flatten(),
+                num_classes=10,
+                device=torch.device("cpu"),
+                epochs=1,
+                iterations_per_epoch=1,
+                teacher=None,
+                weight_average=None,
+                dataset=dataset,
+            )
+        )
         return objective.scale
 
     assert setup(AdaAD(), "cifar10") == 0.1 and setup(AdaAD(), "cifar100") == 1.0
@@ -106,8 +129,15 @@ def test_adaiad_uses_the_teacher_on_x_adv_and_introspects_from_begin():
     x, x_adv = torch.tensor([[[[0.0, LN3]]]]), torch.tensor([[[[0.0, 0.0]]]])
 
     def loss(epoch):
-        ctx = StepContext(model=nn.Flatten(), x=x, y=torch.tensor([1]), num_classes=2,
-                          progress=Progress(epoch, 0, 1, 1), teacher=teacher, x_adv=x_adv)
+        ctx = StepContext(
+            model=nn.Flatten(),
+            x=x,
+            y=torch.tensor([1]),
+            num_classes=2,
+            progress=Progress(epoch, 0, 1, 1),
+            teacher=teacher,
+            x_adv=x_adv,
+        )
         return AdaIAD(temperature=1.0, beta=1.0, begin=2).loss(ctx).item()
 
     # T(x′) = S(x′) = uniform: the teacher term is 0; reliability w = 1/2 once epoch ≥ begin
@@ -123,8 +153,11 @@ def config_of(run):
 
 def test_adaad_and_adaiad_train_end_to_end(tmp_path, teacher_run):
     teacher = str(teacher_run)
-    saved = config_of(train_digits(tmp_path / "adaad", "adaad", teacher=teacher,
-                                   options={"attack": {"eps_schedule": "0.05:0.1:linear"}}))
+    saved = config_of(
+        train_digits(
+            tmp_path / "adaad", "adaad", teacher=teacher, options={"attack": {"eps_schedule": "0.05:0.1:linear"}}
+        )
+    )
     assert saved["attack"] == "adaad" and saved["options"]["attack"]["eps_schedule"] == "0.05:0.1:linear"
     saved = config_of(train_digits(tmp_path / "adaiad", "adaiad", teacher=teacher, options={"adaiad": {"begin": 0}}))
     assert saved["attack"] == "adaad" and saved["options"]["objective"]["temperature"] == 30.0
@@ -133,9 +166,26 @@ def test_adaad_and_adaiad_train_end_to_end(tmp_path, teacher_run):
 def test_trades_with_the_adaad_attack(tmp_path, teacher_run):
     saved = config_of(train_digits(tmp_path / "trades", "trades", attack="adaad", teacher=str(teacher_run)))
     assert (saved["objective"], saved["attack"]) == ("trades", "adaad")
-    result = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--model", "small-cnn", "--objective", "trades",
-                                      "--attack", "adaad", "--out", str(tmp_path / "none")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "small-cnn",
+            "--objective",
+            "trades",
+            "--attack",
+            "adaad",
+            "--out",
+            str(tmp_path / "none"),
+        ],
+    )
     assert "attack 'adaad' needs a teacher" in str(result.exception)
     listing = {tuple(line.split()[:3]) for line in CliRunner().invoke(cli, ["plugins"]).output.splitlines()}
-    assert {("attack", "adaad", "advkit-adaad"), ("objective", "adaad", "advkit-adaad"),
-            ("objective", "adaiad", "advkit-adaad")} <= listing
+    assert {
+        ("attack", "adaad", "advkit-adaad"),
+        ("objective", "adaad", "advkit-adaad"),
+        ("objective", "adaiad", "advkit-adaad"),
+    } <= listing

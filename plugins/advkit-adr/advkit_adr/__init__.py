@@ -31,8 +31,9 @@ PRESETS: dict[str, dict[str, str]] = {
 DEFAULT_PRESET = "cifar10"
 
 
-def rectified_labels(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
-                     interpolation: float) -> torch.Tensor:
+def rectified_labels(
+    teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, interpolation: float
+) -> torch.Tensor:
     """ỹ = λ_i·softmax(z/τ) + (1 − λ_i)·onehot(y) with λ_i = clip(λ − (p_max − p_y), 0, 1), row by row.
 
     λ_i uses the same tempered probabilities that are mixed in, so the true class always keeps the
@@ -53,14 +54,42 @@ class ADR(LabelRectifier):
 
     name = "adr"
     options = (
-        Option("preset", str, "auto", "paper values of τ and λ; auto: the run's dataset (CIFAR-10 values for "
-               "others); explicit temperature/interpolation override it", choices=("auto", *PRESETS)),
-        Option("temperature", Schedule, None, "teacher temperature τ, annealed high→low per iteration, e.g. "
-               "2.5:2 (cosine) [preset]", low=0.0, low_open=True, optional=True),
-        Option("interpolation", Schedule, None, "interpolation factor λ, annealed low→high per iteration, e.g. "
-               "0.7:0.95 [preset]", low=0.0, high=1.0, optional=True),
-        Option("decay", float, 0.995, "EMA decay γ of the teacher, per optimizer step; shared with --wa of the "
-               "same decay", low=0.0, high=1.0, low_open=True, high_open=True),
+        Option(
+            "preset",
+            str,
+            "auto",
+            "paper values of τ and λ; auto: the run's dataset (CIFAR-10 values for "
+            "others); explicit temperature/interpolation override it",
+            choices=("auto", *PRESETS),
+        ),
+        Option(
+            "temperature",
+            Schedule,
+            None,
+            "teacher temperature τ, annealed high→low per iteration, e.g. 2.5:2 (cosine) [preset]",
+            low=0.0,
+            low_open=True,
+            optional=True,
+        ),
+        Option(
+            "interpolation",
+            Schedule,
+            None,
+            "interpolation factor λ, annealed low→high per iteration, e.g. 0.7:0.95 [preset]",
+            low=0.0,
+            high=1.0,
+            optional=True,
+        ),
+        Option(
+            "decay",
+            float,
+            0.995,
+            "EMA decay γ of the teacher, per optimizer step; shared with --wa of the same decay",
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            high_open=True,
+        ),
         Option("in_attack", bool, True, "the attack also maximises against ỹ (official); false: against onehot(y)"),
     )
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
+from advkit_adr import ADR, PRESETS, rectified_labels
 from torch import nn
 
 from advkit import OptionError, Progress, RunSetup, StepContext, WeightAverage
-from advkit_adr import ADR, PRESETS, rectified_labels
 
 
 def _logits_for(probs: list[list[float]], temperature: float) -> torch.Tensor:
@@ -17,15 +18,26 @@ def _logits_for(probs: list[list[float]], temperature: float) -> torch.Tensor:
     return temperature * torch.tensor(probs).log()
 
 
-def _setup(rectifier: ADR, model: nn.Module, dataset: str = "digits", epochs: int = 2, per_epoch: int = 5) -> dict[float, WeightAverage]:
+def _setup(
+    rectifier: ADR, model: nn.Module, dataset: str = "digits", epochs: int = 2, per_epoch: int = 5
+) -> dict[float, WeightAverage]:
     averages: dict[float, WeightAverage] = {}
 
     def weight_average(decay: float) -> WeightAverage:
         return averages.setdefault(decay, WeightAverage(model, decay))
 
-    rectifier.setup(RunSetup(model=model, num_classes=3, device=torch.device("cpu"), epochs=epochs,
-                             iterations_per_epoch=per_epoch, teacher=None, weight_average=weight_average,
-                             dataset=dataset))
+    rectifier.setup(
+        RunSetup(
+            model=model,
+            num_classes=3,
+            device=torch.device("cpu"),
+            epochs=epochs,
+            iterations_per_epoch=per_epoch,
+            teacher=None,
+            weight_average=weight_average,
+            dataset=dataset,
+        )
+    )
     return averages
 
 
@@ -79,19 +91,21 @@ def test_schedules_hit_their_endpoints_and_are_monotone_per_iteration() -> None:
     epochs, per_epoch = 3, 7
     total = epochs * per_epoch
     values = [rectifier.schedule(Progress(t // per_epoch, t, total, per_epoch)) for t in range(total + 1)]
-    temperatures, interpolations = zip(*values)
+    temperatures, interpolations = zip(*values, strict=True)
     assert temperatures[0] == 2.5 and interpolations[0] == 0.7
     assert math.isclose(temperatures[-1], 2.0) and math.isclose(interpolations[-1], 0.95)
-    assert all(a > b for a, b in zip(temperatures, temperatures[1:]))  # strictly: it moves every iteration
-    assert all(a < b for a, b in zip(interpolations, interpolations[1:]))
+    assert all(a > b for a, b in pairwise(temperatures))  # strictly: it moves every iteration
+    assert all(a < b for a, b in pairwise(interpolations))
     # cosine, not linear: half-way is the mid-point, a quarter of the way is less than a quarter of the change
     assert math.isclose(rectifier.schedule(Progress(0, total // 2, total, per_epoch))[0], 2.25, rel_tol=0.02)
     quarter = rectifier.schedule(Progress(0, 1, 4, 1))[1]
     assert 0.7 < quarter < 0.7 + 0.25 * 0.25
 
 
-@pytest.mark.parametrize(("dataset", "preset"), [("cifar10", "cifar10"), ("cifar100", "cifar100"),
-                                                  ("tiny-imagenet", "tiny-imagenet"), ("digits", "cifar10")])
+@pytest.mark.parametrize(
+    ("dataset", "preset"),
+    [("cifar10", "cifar10"), ("cifar100", "cifar100"), ("tiny-imagenet", "tiny-imagenet"), ("digits", "cifar10")],
+)
 def test_auto_preset_follows_the_dataset(tiny_net: nn.Module, dataset: str, preset: str) -> None:
     rectifier = ADR()
     _setup(rectifier, tiny_net, dataset=dataset)
@@ -107,7 +121,9 @@ def test_explicit_options_override_the_preset(tiny_net: nn.Module) -> None:
     assert str(rectifier.interpolation) == PRESETS["tiny-imagenet"]["interpolation"]
 
 
-def test_teacher_is_the_shared_weight_average_in_eval_mode(tiny_net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_teacher_is_the_shared_weight_average_in_eval_mode(
+    tiny_net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     rectifier = ADR(decay=0.9)
     averages = _setup(rectifier, tiny_net)
     assert rectifier.average is averages[0.9]
@@ -123,15 +139,18 @@ def test_teacher_is_the_shared_weight_average_in_eval_mode(tiny_net: nn.Module, 
     assert torch.equal(hard, torch.nn.functional.one_hot(y, 3).float())
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"interpolation": "0.7:1.2"}, r"'interpolation' must lie in \[0, 1\]"),
-    ({"interpolation": "-0.1:0.9"}, r"'interpolation' must lie in \[0, 1\]"),
-    ({"temperature": "2.5:0"}, r"'temperature' must lie in \(0, inf\]"),
-    ({"temperature": "-1"}, r"'temperature' must lie in \(0, inf\]"),
-    ({"decay": 1.0}, r"'decay' must lie in \(0, 1\)"),
-    ({"decay": 0}, r"'decay' must lie in \(0, 1\)"),
-    ({"preset": "imagenet"}, r"'preset' must be one of auto, cifar10, cifar100, tiny-imagenet"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"interpolation": "0.7:1.2"}, r"'interpolation' must lie in \[0, 1\]"),
+        ({"interpolation": "-0.1:0.9"}, r"'interpolation' must lie in \[0, 1\]"),
+        ({"temperature": "2.5:0"}, r"'temperature' must lie in \(0, inf\]"),
+        ({"temperature": "-1"}, r"'temperature' must lie in \(0, inf\]"),
+        ({"decay": 1.0}, r"'decay' must lie in \(0, 1\)"),
+        ({"decay": 0}, r"'decay' must lie in \(0, 1\)"),
+        ({"preset": "imagenet"}, r"'preset' must be one of auto, cifar10, cifar100, tiny-imagenet"),
+    ],
+)
 def test_invalid_options_name_the_rectifier_and_the_valid_range(values: dict, message: str) -> None:
     with pytest.raises(OptionError, match=message) as error:
         ADR(**values)

@@ -16,9 +16,20 @@ from advkit.cli import main
 
 def _config(**overrides: object) -> TrainConfig:
     """A few seconds per epoch: 12 iterations of 128, PGD-2, a 100-image validation split."""
-    settings: dict = dict(dataset="digits", model="small-cnn", objective="at", rectifier="adr", eps=0.1, epochs=1,
-                          batch_size=128, lr=0.05, val_steps=1, val_size=100, seed=1,
-                          options={"attack": {"steps": 2}})
+    settings: dict = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective="at",
+        rectifier="adr",
+        eps=0.1,
+        epochs=1,
+        batch_size=128,
+        lr=0.05,
+        val_steps=1,
+        val_size=100,
+        seed=1,
+        options={"attack": {"steps": 2}},
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -40,7 +51,10 @@ def test_adr_trains_with_objectives_that_consume_targets(tmp_path: Path, objecti
     teacher = trainer.rectifier.average
     assert teacher.updates == len(trainer.train_loader)  # one EMA update per optimizer step
     assert not teacher.model.training
-    moved = [not torch.equal(a, b) for a, b in zip(teacher.model.state_dict().values(), trainer.model.state_dict().values())]
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(teacher.model.state_dict().values(), trainer.model.state_dict().values(), strict=True)
+    ]
     assert any(moved)  # an average, not a copy
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["rectifier"] == "adr"
@@ -50,8 +64,13 @@ def test_adr_trains_with_objectives_that_consume_targets(tmp_path: Path, objecti
 
 
 def test_adr_teacher_is_the_wa_model_and_awp_runs(tmp_path: Path) -> None:
-    config = _config(wa=0.995, select="wa", awp=0.005, awp_variant="adr-sam",
-                     options={"attack": {"steps": 2}, "adr": {"interpolation": "0.7:0.85"}})
+    config = _config(
+        wa=0.995,
+        select="wa",
+        awp=0.005,
+        awp_variant="adr-sam",
+        options={"attack": {"steps": 2}, "adr": {"interpolation": "0.7:0.85"}},
+    )
     trainer = Trainer(config, tmp_path / "run", progress=False)
     assert list(trainer.averages) == [0.995]
     assert trainer.rectifier.average is trainer.averages[0.995]  # one EMA: teacher and WA model
@@ -71,11 +90,42 @@ def test_resume_gives_the_same_targets_as_an_uninterrupted_run(tmp_path: Path) -
         assert torch.equal(value, resumed.rectifier.average.model.state_dict()[key]), key
 
 
-def test_cli_trains_at_with_adr_wa_and_official_awp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["advkit", "train", "--dataset", "digits", "--model", "small-cnn", "--objective", "at", "--rectifier", "adr",
-            "--wa", "0.995", "--select", "wa", "--awp", "0.01", "--eps", "0.1", "--epochs", "1", "--batch-size", "128",
-            "--val-size", "100", "--val-steps", "1", "-o", "attack.steps=2", "--out", str(tmp_path / "run"), "--quiet"]
+def test_cli_trains_at_with_adr_wa_and_official_awp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "advkit",
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "small-cnn",
+        "--objective",
+        "at",
+        "--rectifier",
+        "adr",
+        "--wa",
+        "0.995",
+        "--select",
+        "wa",
+        "--awp",
+        "0.01",
+        "--eps",
+        "0.1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--val-size",
+        "100",
+        "--val-steps",
+        "1",
+        "-o",
+        "attack.steps=2",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    ]
     monkeypatch.setattr("sys.argv", args)
     main()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -87,15 +137,34 @@ def test_cli_trains_at_with_adr_wa_and_official_awp(tmp_path: Path, monkeypatch:
     assert f"clean {100 * record['val_wa_clean_acc']:.2f}%" in summary
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    ("adr.interpolation=0.5:1.2", "rectifier 'adr': option 'interpolation' must lie in [0, 1], got 0.5:1.2"),
-    ("adr.temperature=0", "rectifier 'adr': option 'temperature' must lie in (0, inf], got 0"),
-    ("adr.decay=1", "rectifier 'adr': option 'decay' must lie in (0, 1), got 1"),
-])
-def test_cli_rejects_invalid_adr_options_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str], option: str, message: str) -> None:
-    monkeypatch.setattr("sys.argv", ["advkit", "train", "--dataset", "digits", "--model", "small-cnn", "--rectifier",
-                                     "adr", "-o", option, "--out", str(tmp_path / "run")])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("adr.interpolation=0.5:1.2", "rectifier 'adr': option 'interpolation' must lie in [0, 1], got 0.5:1.2"),
+        ("adr.temperature=0", "rectifier 'adr': option 'temperature' must lie in (0, inf], got 0"),
+        ("adr.decay=1", "rectifier 'adr': option 'decay' must lie in (0, 1), got 1"),
+    ],
+)
+def test_cli_rejects_invalid_adr_options_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], option: str, message: str
+) -> None:
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "advkit",
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "small-cnn",
+            "--rectifier",
+            "adr",
+            "-o",
+            option,
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
@@ -104,8 +173,9 @@ def test_cli_rejects_invalid_adr_options_in_one_line(tmp_path: Path, monkeypatch
     assert not (tmp_path / "run").exists()
 
 
-def test_adr_is_listed_under_its_own_distribution(monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_adr_is_listed_under_its_own_distribution(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr("sys.argv", ["advkit", "plugins"])
     main()
     listing = {tuple(line.split()[:3]) for line in capsys.readouterr().out.splitlines()}

@@ -30,8 +30,9 @@ class ARD(Objective):
     options = distillation_options(temperature=30.0, kl_reduction="elem-mean", introspection=False)
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
-        return adversarial_distillation_loss(ctx, alpha=self.alpha, temperature=self.temperature,
-                                             kl_reduction=self.kl_reduction, scale=self.scale)
+        return adversarial_distillation_loss(
+            ctx, alpha=self.alpha, temperature=self.temperature, kl_reduction=self.kl_reduction, scale=self.scale
+        )
 
 
 class IAD(Objective):
@@ -48,6 +49,11 @@ class IAD(Objective):
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
         beta = self.beta if ctx.progress.epoch >= self.begin else None
-        return adversarial_distillation_loss(ctx, alpha=self.alpha, temperature=self.temperature,
-                                             kl_reduction=self.kl_reduction, scale=self.scale,
-                                             introspection_beta=beta)
+        return adversarial_distillation_loss(
+            ctx,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            kl_reduction=self.kl_reduction,
+            scale=self.scale,
+            introspection_beta=beta,
+        )

@@ -3,21 +3,27 @@ import math
 import pytest
 import torch
 import yaml
+from advkit_ard import ARD, IAD
 from click.testing import CliRunner
 from torch import nn
 
 from advkit import Progress, StepContext, one_hot
 from advkit.cli import cli
 from advkit.testing import LogitModel, kl_by_hand, train_digits
-from advkit_ard import ARD, IAD
 
 LN3 = math.log(3.0)
 
 
 def context(epoch=0):
-    ctx = StepContext(model=nn.Flatten(), x=torch.tensor([[[[0.0, LN3 / 2]]]]), y=torch.tensor([1]), num_classes=2,
-                      progress=Progress(epoch, 0, 1, 1), teacher=LogitModel(factor=2.0),
-                      x_adv=torch.tensor([[[[0.0, 0.0]]]]))
+    ctx = StepContext(
+        model=nn.Flatten(),
+        x=torch.tensor([[[[0.0, LN3 / 2]]]]),
+        y=torch.tensor([1]),
+        num_classes=2,
+        progress=Progress(epoch, 0, 1, 1),
+        teacher=LogitModel(factor=2.0),
+        x_adv=torch.tensor([[[[0.0, 0.0]]]]),
+    )
     ctx.targets = one_hot(ctx.y, 2)
     return ctx
 

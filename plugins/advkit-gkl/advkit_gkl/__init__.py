@@ -9,7 +9,8 @@ own prediction.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +53,21 @@ class GeneralizedKL(Objective):
         Option("alpha", float, 4.0, "weight α of the soft-label cross-entropy term", low=0.0),
         Option("beta", float, 20.0, "weight β of the weighted MSE on pairwise logit differences", low=0.0),
         Option("gamma", float, 1.0, "exponent γ of the class-wise prior in the MSE weights", low=0.0),
-        Option("temperature", float, 4.0, "temperature T of the clean predictions averaged into the prior",
-               low=0.0, low_open=True),
-        Option("class_prior", bool, True, "weight by the class-wise prior (GKL); false: by the sample's own "
-               "clean prediction, detached (the plain DKL decoupling of KL)"),
+        Option(
+            "temperature",
+            float,
+            4.0,
+            "temperature T of the clean predictions averaged into the prior",
+            low=0.0,
+            low_open=True,
+        ),
+        Option(
+            "class_prior",
+            bool,
+            True,
+            "weight by the class-wise prior (GKL); false: by the sample's own "
+            "clean prediction, detached (the plain DKL decoupling of KL)",
+        ),
     )
 
     def setup(self, run: RunSetup) -> None:

@@ -7,16 +7,17 @@ import math
 
 import pytest
 import torch
+from advkit_gkl import GeneralizedKL, soft_label_cross_entropy, weighted_pair_mse
 
 from advkit import Progress, RunSetup, StepContext, TrainConfig
 from advkit.testing import LogitModel, straight_and_resumed
-from advkit_gkl import GeneralizedKL, soft_label_cross_entropy, weighted_pair_mse
 
 
 def pair_mse_by_definition(clean, adv, weights) -> float:
-    """¼ Σ_b Σ_ij w_bi w_bj ((z_i − z_j) − (z′_i − z′_j))² / Σ_b Σ_ij w_bi w_bj, with Python loops (the official form)."""
+    """¼ Σ_b Σ_ij w_bi w_bj ((z_i − z_j) − (z′_i − z′_j))² / Σ_b Σ_ij w_bi w_bj, with Python loops
+    (the official form)."""
     top = bottom = 0.0
-    for z, z_adv, w in zip(clean.tolist(), adv.tolist(), weights.tolist()):
+    for z, z_adv, w in zip(clean.tolist(), adv.tolist(), weights.tolist(), strict=True):
         for i, j in itertools.product(range(len(z)), repeat=2):
             top += w[i] * w[j] * ((z[i] - z[j]) - (z_adv[i] - z_adv[j])) ** 2
             bottom += w[i] * w[j]
@@ -25,7 +26,9 @@ def pair_mse_by_definition(clean, adv, weights) -> float:
 
 def test_pair_mse_by_hand_and_against_the_pairwise_definition():
     # z = (1, 0), z′ = (0, 0), w = (1, 1): the two off-diagonal pairs differ by 1 each → ¼·2/4.
-    assert weighted_pair_mse(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), torch.ones(1, 2)).item() == pytest.approx(0.125)
+    assert weighted_pair_mse(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), torch.ones(1, 2)).item() == pytest.approx(
+        0.125
+    )
     generator = torch.Generator().manual_seed(0)
     clean, adv = torch.randn(4, 5, generator=generator), torch.randn(4, 5, generator=generator)
     weights = torch.rand(4, 5, generator=generator)
@@ -48,14 +51,29 @@ def setup_for(objective: GeneralizedKL, classes: int, other_rank: list[torch.Ten
     def sum_over_ranks(tensor):
         return tensor + other_rank[0] if other_rank else tensor
 
-    objective.setup(RunSetup(model=torch.nn.Identity(), num_classes=classes, device=torch.device("cpu"), epochs=1,
-                             iterations_per_epoch=1, teacher=None, weight_average=None, sum_over_ranks=sum_over_ranks))
+    objective.setup(
+        RunSetup(
+            model=torch.nn.Identity(),
+            num_classes=classes,
+            device=torch.device("cpu"),
+            epochs=1,
+            iterations_per_epoch=1,
+            teacher=None,
+            weight_average=None,
+            sum_over_ranks=sum_over_ranks,
+        )
+    )
 
 
 def context(clean, adv, labels) -> StepContext:
-    return StepContext(model=LogitModel(), x=torch.tensor(clean).view(len(clean), 1, 1, -1), y=torch.tensor(labels),
-                       num_classes=len(clean[0]), progress=Progress(0, 0, 1, 1),
-                       x_adv=torch.tensor(adv).view(len(adv), 1, 1, -1))
+    return StepContext(
+        model=LogitModel(),
+        x=torch.tensor(clean).view(len(clean), 1, 1, -1),
+        y=torch.tensor(labels),
+        num_classes=len(clean[0]),
+        progress=Progress(0, 0, 1, 1),
+        x_adv=torch.tensor(adv).view(len(adv), 1, 1, -1),
+    )
 
 
 def test_loss_by_hand_with_the_uniform_prior_of_the_first_epoch():
@@ -98,15 +116,27 @@ STEPS_PER_EPOCH = 20  # digits: 1797 − 359 test − 100 validation = 1338 exam
 
 
 def digits(**overrides) -> TrainConfig:
-    values = dict(dataset="digits", model="small-cnn", objective="gkl", eps=0.1, epochs=2, batch_size=64, lr=0.05,
-                  val_steps=1, val_size=100, seed=1, device="cpu", options={"attack": {"steps": 2}})
+    values = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective="gkl",
+        eps=0.1,
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        val_steps=1,
+        val_size=100,
+        seed=1,
+        device="cpu",
+        options={"attack": {"steps": 2}},
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
 
 def test_training_resumes_exactly_with_the_prior_and_its_running_sums(tmp_path):
     straight, resumed = straight_and_resumed(digits(), tmp_path, stop_after_steps=STEPS_PER_EPOCH + 3)  # in epoch 2
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(straight.objective.prior, resumed.objective.prior)
     assert straight.history[-1]["gkl_wmse"] == resumed.history[-1]["gkl_wmse"]

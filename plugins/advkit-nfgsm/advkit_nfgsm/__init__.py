@@ -24,11 +24,25 @@ class NFGSM(Attack):
     options = (
         eps_option(),
         Option("alpha", float, None, "step size; default ε (official)", low=0.0, optional=True),
-        Option("noise", float, 2.0, "noise magnitude k relative to ε: η ~ U(−kε, kε) (official 2; 0: no noise)", low=0.0),
-        Option("clip", float, None, "project onto the (clip·ε)-ball around x after the step; default none (official)",
-               low=0.0, low_open=True, optional=True),
-        Option("bn_mode", str, "eval", "model mode during the attack (in training: train, the official code's)",
-               choices=BN_MODES),
+        Option(
+            "noise", float, 2.0, "noise magnitude k relative to ε: η ~ U(−kε, kε) (official 2; 0: no noise)", low=0.0
+        ),
+        Option(
+            "clip",
+            float,
+            None,
+            "project onto the (clip·ε)-ball around x after the step; default none (official)",
+            low=0.0,
+            low_open=True,
+            optional=True,
+        ),
+        Option(
+            "bn_mode",
+            str,
+            "eval",
+            "model mode during the attack (in training: train, the official code's)",
+            choices=BN_MODES,
+        ),
     )
     training_bn_mode = "train"
 

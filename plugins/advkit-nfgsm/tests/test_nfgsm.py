@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 import yaml
+from advkit_nfgsm import NFGSM
 
 from advkit.testing import LogitModel, train_digits
-from advkit_nfgsm import NFGSM
 
 
 def test_one_signed_step_from_twice_eps_noise_by_hand():
@@ -36,8 +36,10 @@ def test_the_perturbation_is_not_clipped_unless_asked():
     assert 0.25 < free <= 0.3 + 1e-6  # up to (k + 1)·ε = 3ε
     assert clipped <= 0.1 + 1e-6
     torch.manual_seed(1)
-    assert torch.allclose(NFGSM(LogitModel(), eps=0.1, noise=0.0)(x, y), x + 0.1 * torch.where(
-        torch.arange(10) == 0, -1.0, 1.0).view(1, 1, 1, 10))  # k = 0: plain FGSM from x
+    assert torch.allclose(
+        NFGSM(LogitModel(), eps=0.1, noise=0.0)(x, y),
+        x + 0.1 * torch.where(torch.arange(10) == 0, -1.0, 1.0).view(1, 1, 1, 10),
+    )  # k = 0: plain FGSM from x
 
 
 def test_training_with_n_fgsm(tmp_path):
@@ -52,7 +54,10 @@ def test_an_l2_run_or_evaluation_with_n_fgsm_is_refused(tmp_path):
     from advkit.evaluate import parse_attack
 
     with pytest.raises(AdvkitError, match="attack 'n-fgsm' supports --norm Linf only, not L2"):
-        Trainer(TrainConfig(dataset="digits", model="small-cnn", attack="n-fgsm", norm="L2", eps=0.5, device="cpu"),
-                tmp_path / "run", progress=False)
+        Trainer(
+            TrainConfig(dataset="digits", model="small-cnn", attack="n-fgsm", norm="L2", eps=0.5, device="cpu"),
+            tmp_path / "run",
+            progress=False,
+        )
     with pytest.raises(AdvkitError, match="attack 'plugin:n-fgsm' supports --norm Linf, not L2"):
         parse_attack("plugin:n-fgsm", "L2")

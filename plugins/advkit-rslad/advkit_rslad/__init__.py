@@ -24,8 +24,9 @@ class TeacherSoftLabels(LabelRectifier):
 
     needs_teacher: ClassVar[bool] = True
     options = (
-        Option("temperature", float, 1.0, "softmax temperature of the teacher's labels (RSLAD: 1)",
-               low=0.0, low_open=True),
+        Option(
+            "temperature", float, 1.0, "softmax temperature of the teacher's labels (RSLAD: 1)", low=0.0, low_open=True
+        ),
     )
 
     def targets(self, ctx: StepContext) -> torch.Tensor:
@@ -43,8 +44,14 @@ class RSLAD(Objective):
     default_attack: ClassVar[str] = "pgd"
     default_attack_options: ClassVar[dict[str, object]] = {"bn_mode": "eval", "start": "gauss"}
     options = (
-        Option("adv_weight", float, 5 / 6, "weight w of the adversarial term; the natural term gets 1 − w",
-               low=0.0, high=1.0),
+        Option(
+            "adv_weight",
+            float,
+            5 / 6,
+            "weight w of the adversarial term; the natural term gets 1 − w",
+            low=0.0,
+            high=1.0,
+        ),
         Option("kl_reduction", str, "batchmean", "KL reduction", choices=KL_REDUCTIONS),
         Option("scale", float, 0.1, "factor on the whole loss (official: 0.1 in batchmean units)", low=0.0),
     )

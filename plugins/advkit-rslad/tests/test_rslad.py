@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 import yaml
+from advkit_rslad import RSLAD, TeacherSoftLabels
 from click.testing import CliRunner
 from torch import nn
 
 from advkit import Progress, StepContext, TrainConfig, Trainer
 from advkit.cli import cli
 from advkit.testing import LogitModel, kl_by_hand, train_digits
-from advkit_rslad import RSLAD, TeacherSoftLabels
 
 LN3 = math.log(3.0)
 
@@ -21,8 +21,14 @@ def teacher_run(tmp_path_factory):
 
 def test_rslad_loss_by_hand():
     student = LogitModel()
-    ctx = StepContext(model=student, x=torch.tensor([[[[0.0, 0.0]]]]), y=torch.tensor([1]), num_classes=2,
-                      progress=Progress(0, 0, 1, 1), x_adv=torch.tensor([[[[LN3, 0.0]]]]))
+    ctx = StepContext(
+        model=student,
+        x=torch.tensor([[[[0.0, 0.0]]]]),
+        y=torch.tensor([1]),
+        num_classes=2,
+        progress=Progress(0, 0, 1, 1),
+        x_adv=torch.tensor([[[[LN3, 0.0]]]]),
+    )
     ctx.targets = torch.tensor([[0.25, 0.75]])
     adv_term, clean_term = kl_by_hand([0.25, 0.75], [0.75, 0.25]), kl_by_hand([0.25, 0.75], [0.5, 0.5])
     assert RSLAD().loss(ctx).item() == pytest.approx(0.1 * (5 / 6 * adv_term + 1 / 6 * clean_term))
@@ -37,8 +43,14 @@ def test_rslad_loss_by_hand():
 
 def test_soft_labels_come_from_one_teacher_forward():
     teacher = LogitModel()
-    ctx = StepContext(model=nn.Flatten(), x=torch.tensor([[[[0.0, LN3]]]]), y=torch.tensor([0]), num_classes=2,
-                      progress=Progress(0, 0, 1, 1), teacher=teacher)
+    ctx = StepContext(
+        model=nn.Flatten(),
+        x=torch.tensor([[[[0.0, LN3]]]]),
+        y=torch.tensor([0]),
+        num_classes=2,
+        progress=Progress(0, 0, 1, 1),
+        teacher=teacher,
+    )
     rectifier = TeacherSoftLabels()
     targets = rectifier.targets(ctx)
     assert torch.allclose(targets, torch.tensor([[0.25, 0.75]]))
@@ -49,8 +61,18 @@ def test_soft_labels_come_from_one_teacher_forward():
 
 
 def test_rslad_trains_with_one_teacher_forward_per_step(tmp_path, teacher_run):
-    config = TrainConfig(dataset="digits", model="small-cnn", objective="rslad", teacher=str(teacher_run), eps=0.1,
-                         epochs=1, batch_size=64, lr=0.05, val_steps=1, device="cpu")
+    config = TrainConfig(
+        dataset="digits",
+        model="small-cnn",
+        objective="rslad",
+        teacher=str(teacher_run),
+        eps=0.1,
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+        val_steps=1,
+        device="cpu",
+    )
     trainer = Trainer(config, tmp_path / "run", progress=False)
     calls = []
     trainer.teacher.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
@@ -70,8 +92,10 @@ def test_rslad_composes_with_a_self_distilled_teacher(tmp_path):
 
 
 def test_rslad_without_a_teacher_is_a_clear_error_and_is_listed(tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--model", "small-cnn", "--objective", "rslad",
-                                      "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--dataset", "digits", "--model", "small-cnn", "--objective", "rslad", "--out", str(tmp_path / "r")],
+    )
     assert "rectifier 'rslad' needs a teacher: pass --teacher" in str(result.exception)
     listing = {tuple(line.split()[:3]) for line in CliRunner().invoke(cli, ["plugins"]).output.splitlines()}
     assert {("objective", "rslad", "advkit-rslad"), ("rectifier", "rslad", "advkit-rslad")} <= listing

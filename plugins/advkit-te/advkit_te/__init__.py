@@ -15,14 +15,26 @@ after a warm-up, pulls the adversarial prediction towards it. Three components m
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from advkit import (NORMS, Attack, LabelRectifier, Objective, Option, RunSetup, StepContext, common_attack_options,
-                    frozen_for_attack, sign_ascent, soft_cross_entropy)
+from advkit import (
+    NORMS,
+    Attack,
+    LabelRectifier,
+    Objective,
+    Option,
+    RunSetup,
+    StepContext,
+    common_attack_options,
+    frozen_for_attack,
+    sign_ascent,
+    soft_cross_entropy,
+)
 
 CACHE_KEY = "te"
 
@@ -70,15 +82,42 @@ class TemporalEnsembling(LabelRectifier):
     """
 
     options = (
-        Option("momentum", float, 0.9, "EMA momentum m of the prediction memory (official te-alpha 0.9)", low=0.0, high=1.0),
-        Option("start", float, 0.45, "fraction of the epochs after which the memory is updated and used (official 90/200)",
-               low=0.0, high=1.0, fraction_of_training=True),
-        Option("end", float, 0.75, "fraction of the epochs at which the weight's ramp-up ends (official 150/200)",
-               low=0.0, high=1.0, fraction_of_training=True),
-        Option("weight", float, 300.0, "regulariser weight at full ramp, for te-pgd and the te objective (official 300)",
-               low=0.0),
-        Option("mix", float, 0.0, "share λ of q mixed into the training targets at full ramp (0: official, one-hot targets)",
-               low=0.0, high=1.0),
+        Option(
+            "momentum", float, 0.9, "EMA momentum m of the prediction memory (official te-alpha 0.9)", low=0.0, high=1.0
+        ),
+        Option(
+            "start",
+            float,
+            0.45,
+            "fraction of the epochs after which the memory is updated and used (official 90/200)",
+            low=0.0,
+            high=1.0,
+            fraction_of_training=True,
+        ),
+        Option(
+            "end",
+            float,
+            0.75,
+            "fraction of the epochs at which the weight's ramp-up ends (official 150/200)",
+            low=0.0,
+            high=1.0,
+            fraction_of_training=True,
+        ),
+        Option(
+            "weight",
+            float,
+            300.0,
+            "regulariser weight at full ramp, for te-pgd and the te objective (official 300)",
+            low=0.0,
+        ),
+        Option(
+            "mix",
+            float,
+            0.0,
+            "share λ of q mixed into the training targets at full ramp (0: official, one-hot targets)",
+            low=0.0,
+            high=1.0,
+        ),
     )
 
     def setup(self, run: RunSetup) -> None:
@@ -96,7 +135,9 @@ class TemporalEnsembling(LabelRectifier):
             ctx.cache[CACHE_KEY] = EnsembleTargets(onehot, 0.0)
             return onehot
         if ctx.index is None:
-            raise RuntimeError("rectifier 'te' needs the examples' indices (ctx.index), which this run does not provide")
+            raise RuntimeError(
+                "rectifier 'te' needs the examples' indices (ctx.index), which this run does not provide"
+            )
         with torch.no_grad(), frozen_for_attack(ctx.model, "eval"):
             predictions = torch.softmax(ctx.model(ctx.x).float(), dim=1)
         index, gathered = self.gather(ctx.index), self.gather(predictions)
@@ -137,8 +178,9 @@ class TemporalEnsemblingPGD(Attack):
             loss = soft_cross_entropy(logits, labels, reduction="mean")
             return loss + regulariser(logits, published) if published is not None else loss
 
-        return sign_ascent(images, loss_of, eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start,
-                           norm=self.norm)
+        return sign_ascent(
+            images, loss_of, eps=self.eps, alpha=self.step_size, steps=self.steps, start=self.start, norm=self.norm
+        )
 
 
 class TemporalEnsemblingAT(Objective):

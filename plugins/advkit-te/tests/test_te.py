@@ -6,11 +6,17 @@ import math
 
 import pytest
 import torch
+from advkit_te import (
+    CACHE_KEY,
+    EnsembleTargets,
+    TemporalEnsembling,
+    TemporalEnsemblingAT,
+    TemporalEnsemblingPGD,
+    sigmoid_rampup,
+)
 
 from advkit import Progress, RunSetup, StepContext, TrainConfig, sign_ascent, soft_cross_entropy
 from advkit.testing import LogitModel, straight_and_resumed
-from advkit_te import (CACHE_KEY, EnsembleTargets, TemporalEnsembling, TemporalEnsemblingAT, TemporalEnsemblingPGD,
-                       sigmoid_rampup)
 
 
 def test_sigmoid_rampup_by_hand():
@@ -22,17 +28,33 @@ def test_sigmoid_rampup_by_hand():
 
 def rectifier(epochs: int = 10, gather=None, **options) -> TemporalEnsembling:
     te = TemporalEnsembling(**options)
-    te.setup(RunSetup(model=torch.nn.Identity(), num_classes=2, device=torch.device("cpu"), epochs=epochs,
-                      iterations_per_epoch=1, teacher=None, weight_average=None, num_examples=4,
-                      **({"gather_from_ranks": gather} if gather else {})))
+    te.setup(
+        RunSetup(
+            model=torch.nn.Identity(),
+            num_classes=2,
+            device=torch.device("cpu"),
+            epochs=epochs,
+            iterations_per_epoch=1,
+            teacher=None,
+            weight_average=None,
+            num_examples=4,
+            **({"gather_from_ranks": gather} if gather else {}),
+        )
+    )
     return te
 
 
 def step(te: TemporalEnsembling, logits, index, labels, epoch: int) -> StepContext:
     model = LogitModel()
     model.train()
-    ctx = StepContext(model=model, x=torch.tensor(logits).view(len(logits), 1, 1, 2), y=torch.tensor(labels),
-                      num_classes=2, progress=Progress(epoch - 1, 0, 1, 1), index=torch.tensor(index))
+    ctx = StepContext(
+        model=model,
+        x=torch.tensor(logits).view(len(logits), 1, 1, 2),
+        y=torch.tensor(labels),
+        num_classes=2,
+        progress=Progress(epoch - 1, 0, 1, 1),
+        index=torch.tensor(index),
+    )
     ctx.targets = te.targets(ctx)
     assert model.training  # the prediction ran in eval mode and the mode came back
     return ctx
@@ -73,8 +95,14 @@ def test_every_process_applies_every_processs_updates():
 
 
 def published_context(weight: float) -> StepContext:
-    ctx = StepContext(model=LogitModel(), x=torch.tensor([[[[0.2, 0.1]]]]), y=torch.tensor([0]), num_classes=2,
-                      progress=Progress(0, 0, 1, 1), x_adv=torch.tensor([[[[0.0, 0.0]]]]))
+    ctx = StepContext(
+        model=LogitModel(),
+        x=torch.tensor([[[[0.2, 0.1]]]]),
+        y=torch.tensor([0]),
+        num_classes=2,
+        progress=Progress(0, 0, 1, 1),
+        x_adv=torch.tensor([[[[0.0, 0.0]]]]),
+    )
     ctx.targets = torch.tensor([[1.0, 0.0]])
     ctx.attack_targets = ctx.targets
     ctx.cache[CACHE_KEY] = EnsembleTargets(torch.tensor([[0.2, 0.8]]), weight)
@@ -87,8 +115,9 @@ def test_the_objective_adds_the_weighted_squared_distance_to_the_ensemble():
     assert loss == pytest.approx(math.log(2.0) + 300 * ((0.5 - 0.2) ** 2 + (0.5 - 0.8) ** 2) / 2)
     assert ctx.metrics["te_regulariser"].item() == pytest.approx(300 * 0.09)
     with pytest.raises(RuntimeError, match="--rectifier te"):
-        TemporalEnsemblingAT().loss(StepContext(model=LogitModel(), x=ctx.x, y=ctx.y, num_classes=2,
-                                                progress=ctx.progress, x_adv=ctx.x_adv))
+        TemporalEnsemblingAT().loss(
+            StepContext(model=LogitModel(), x=ctx.x, y=ctx.y, num_classes=2, progress=ctx.progress, x_adv=ctx.x_adv)
+        )
 
 
 def test_the_attack_maximises_the_same_regularised_loss():
@@ -104,16 +133,28 @@ def test_the_attack_maximises_the_same_regularised_loss():
 
     expected = sign_ascent(ctx.x, by_hand, eps=0.3, alpha=0.075, steps=3, start="none")
     assert torch.allclose(x_adv, expected)
-    plain = sign_ascent(ctx.x, lambda z: soft_cross_entropy(z.flatten(1), ctx.targets), eps=0.3, alpha=0.075,
-                        steps=3, start="none")
+    plain = sign_ascent(
+        ctx.x, lambda z: soft_cross_entropy(z.flatten(1), ctx.targets), eps=0.3, alpha=0.075, steps=3, start="none"
+    )
     assert not torch.allclose(x_adv, plain)  # the regulariser changed the direction
     assert torch.allclose(attack(ctx.x, ctx.y), plain)  # standalone, outside training: plain PGD
 
 
 def digits(**overrides) -> TrainConfig:
-    values = dict(dataset="digits", model="small-cnn", objective="te", eps=0.1, epochs=2, batch_size=64, lr=0.05,
-                  val_steps=1, val_size=100, seed=2, device="cpu",
-                  options={"te": {"start": 0.0, "end": 0.5}, "attack": {"steps": 2}})
+    values = dict(
+        dataset="digits",
+        model="small-cnn",
+        objective="te",
+        eps=0.1,
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        val_steps=1,
+        val_size=100,
+        seed=2,
+        device="cpu",
+        options={"te": {"start": 0.0, "end": 0.5}, "attack": {"steps": 2}},
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -122,7 +163,7 @@ def test_the_memory_survives_a_mid_epoch_resume_exactly(tmp_path):
     straight, resumed = straight_and_resumed(digits(), tmp_path, stop_after_steps=22)  # two steps into epoch 2
     assert len(straight.train_loader) == 20
     assert torch.equal(straight.rectifier.memory, resumed.rectifier.memory)
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert straight.history[-1]["te_regulariser"] == resumed.history[-1]["te_regulariser"] > 0
 
