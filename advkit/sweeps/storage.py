@@ -196,7 +196,9 @@ def open_storage(
     for _ in range(TABLE_RACE_ATTEMPTS - 1):
         try:
             return make()
-        except sqlalchemy.exc.IntegrityError:  # two workers made the tables of a new database at once: they exist now
+        # Two workers made the tables of a new database at once (PostgreSQL: DuplicateTable, a
+        # ProgrammingError; a duplicate row: IntegrityError): they exist now, so the next try goes through.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             time.sleep(random.uniform(0.2, 1.0))
     return _storage_or_error(make, url)
 
