@@ -223,12 +223,17 @@ def test_two_local_workers_run_at_once_and_a_trial_scores_the_mean_over_its_seed
 
 
 def test_the_median_pruner_stops_a_lagging_trial_whose_child_saves_and_exits(run_cli, tmp_path):
-    # Trial 0 validates at ε = 0 (robust = clean accuracy, high after one epoch); trial 1 at ε = 0.5 (near zero).
+    # Trial 0 validates at ε = 0 (robust = clean accuracy, high after one epoch) for 3 epochs; trial 1 at ε = 0.5
+    # (near zero) for 500, far more than it can train before the sweep's first look at its metrics. The pruner
+    # judges it at step 1 against trial 0's step 1, however many epochs ended by then.
     space = write_space(
         tmp_path / "prune.yaml",
-        base={"epochs": 3, "train_size": 1024, "batch_size": 32, "lr": 0.1, "rectifier": None},
-        space={"eps": {"type": "categorical", "choices": [0.0, 0.5]}},
-        enqueue=[{"eps": 0.0}, {"eps": 0.5}],
+        base={"train_size": 512, "batch_size": 32, "lr": 0.1, "rectifier": None},
+        space={
+            "eps": {"type": "categorical", "choices": [0.0, 0.5]},
+            "epochs": {"type": "categorical", "choices": [3, 500]},
+        },
+        enqueue=[{"eps": 0.0, "epochs": 3}, {"eps": 0.5, "epochs": 500}],
     )
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(sweep_args(space, out, "--trials", "2", "--pruner", "median:startup=1"))
@@ -236,8 +241,9 @@ def test_the_median_pruner_stops_a_lagging_trial_whose_child_saves_and_exits(run
     trials = load_study(out, "prune").get_trials()
     assert [trial.params["eps"] for trial in trials] == [0.0, 0.5]
     assert [trial.state.name for trial in trials] == ["COMPLETE", "PRUNED"]
+    assert sorted(trials[1].intermediate_values) == [1]  # stopped at its first step
     pruned = out / "trials" / "1"
-    assert len(records(pruned)) < 3 and (pruned / "last.pt").is_file()  # stopped early, saved: resumable
+    assert len(records(pruned)) < 500 and (pruned / "last.pt").is_file()  # stopped early, saved: resumable
     check_not_busy(pruned)  # its trainer has exited
     assert "trial 1: pruned after epoch" in stdout
 

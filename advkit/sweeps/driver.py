@@ -351,21 +351,22 @@ class SweepDriver:
                 time.sleep(POLL_S)
 
     def _report(self, trial: optuna.Trial, run: StudyRun, index: int, reported: dict[int, int]) -> bool:
-        """Report the epochs that ended since the last look; whether the pruner stops the trial here (never
+        """Report the epochs that ended since the last look, asking the pruner after each one, so that its
+        decision does not depend on how many epochs ended between two looks; whether it stops the trial (never
         after its last step: then there is nothing left to save)."""
         from ..plots import read_metrics
 
         if not (run.directory / "metrics.jsonl").is_file():
             return False
         records = read_metrics(run.directory)
-        if len(records) <= reported.get(index, 0):
-            return False
         config = run.config.to_dict()
         for count in range(reported.get(index, 0) + 1, len(records) + 1):
             trial.report(self.sweep.objective.so_far(config, records[:count]), index * run.config.epochs + count)
-        reported[index] = len(records)
-        last_step = len(records) >= run.config.epochs and index == len(self.seeds) - 1
-        return not last_step and trial.should_prune()
+            reported[index] = count
+            last_step = count >= run.config.epochs and index == len(self.seeds) - 1
+            if not last_step and trial.should_prune():
+                return True
+        return False
 
     def _pruned(self, trial: optuna.Trial, run: StudyRun, index: int, reported: dict[int, int]) -> Exception:
         import optuna
