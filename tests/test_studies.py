@@ -200,6 +200,47 @@ def test_labels_fall_back_to_the_differing_settings(tmp_path):
     assert labels == ["objective=at", "objective=trades"]
 
 
+def test_a_run_written_before_a_setting_or_option_existed_groups_with_newer_runs(tmp_path):
+    from advkit import TrainConfig
+
+    config = TrainConfig(
+        dataset="digits",
+        model="small-cnn",
+        eps=0.1,
+        epochs=1,
+        train_size=64,
+        val_size=32,
+        batch_size=32,
+        device="cpu",
+        seed=0,
+    )
+    config.options = {"attack": {"steps": 1}}
+    newer = tmp_path / "newer"
+    Trainer(config, newer, progress=False).fit()
+    written = yaml.safe_load((newer / "config.yaml").read_text())
+    assert written["norm"] == "Linf" and "bn_mode" in written["options"]["attack"]
+
+    def copy(name, edit):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text((newer / "metrics.jsonl").read_text())
+        (folder / "config.yaml").write_text(yaml.safe_dump(edit(json.loads(json.dumps(written)))))
+        return read_run(folder)
+
+    def as_older(values):  # what an advkit without --norm and the attack's bn_mode option wrote
+        del values["norm"]
+        del values["options"]["attack"]["bn_mode"]
+        return {**values, "seed": 1}
+
+    def other_steps(values):
+        values["options"]["attack"]["steps"] = 2
+        return values
+
+    older, different = copy("older", as_older), copy("different", other_steps)
+    groups = group_runs([read_run(newer), older, different])
+    assert [[run.path.name for run in group.runs] for group in groups] == [["newer", "older"], ["different"]]
+
+
 def test_summary_plot_is_a_png(three_runs, tmp_path):
     path = plot_summary(summarize_runs([three_runs]), tmp_path / "summary.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,9 +18,11 @@ from typing import Any
 
 import yaml
 
-from ..config import TRACKING_SETTINGS
+from ..config import SETTING_DEFAULTS, TRACKING_SETTINGS, config_from_mapping, select_components
 from ..errors import AdvkitError
+from ..options import plain
 from ..plots import read_metrics
+from ..registry import component_options, default_registry
 
 # Settings that do not change what a run computes, and the seed that a group averages over.
 NOT_CONFIGURATION = (
@@ -147,11 +149,37 @@ def _eval_values(checkpoint: str, report: dict[str, Any]) -> dict[str, float]:
     return values
 
 
+def configuration_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run computes: its settings less the seed and bookkeeping, with the settings and component
+    options that an older advkit did not write yet filled in with their defaults, so that a run from before a
+    setting existed groups with newer runs of the same configuration."""
+    filled = {**SETTING_DEFAULTS, **config}
+    filled["options"] = _options_with_defaults(filled)
+    return {key: value for key, value in filled.items() if key not in NOT_CONFIGURATION}
+
+
+def _options_with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """config.yaml's per-role options, each completed with the values training would give its component
+    today (declared defaults, and the settings routed to it such as the attack's training bn_mode); a run
+    whose components are not installed here keeps what it wrote."""
+    written = config.get("options") or {}
+    try:
+        components = select_components(config_from_mapping(config, "config.yaml"), default_registry())
+    except AdvkitError:
+        return written
+    options = {}
+    for role, values in written.items():
+        declared = component_options(components.classes[role]) if role in components.classes else ()
+        defaults = {option.name: plain(option.default) for option in declared}
+        options[role] = {**defaults, **components.options.get(role, {}), **values}  # as routed in training
+    return options
+
+
 def group_runs(runs: list[RunResult]) -> list[Group]:
     """Group by every setting except the seed (and those that do not change a run), in first-seen order."""
     groups: dict[str, Group] = {}
     for run in runs:
-        configuration = {key: value for key, value in run.config.items() if key not in NOT_CONFIGURATION}
+        configuration = configuration_of(run.config)
         key = json.dumps(configuration, sort_keys=True, default=str)
         groups.setdefault(key, Group("", configuration)).runs.append(run)
     result = list(groups.values())
