@@ -813,7 +813,27 @@ def _write_text(text: str, path: str) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="study folder [the grid's out: setting]")
 @click.option("--jobs", type=int, default=None, help="runs or evaluations at a time [the grid's jobs: setting, else 1]")
 @click.option("--dry-run", is_flag=True, help="print every task and its state (done, resume, start) and exit")
-def study(grid: str, out: str | None, jobs: int | None, dry_run: bool) -> None:
+@click.option(
+    "--rows",
+    default=None,
+    help="comma-separated rows to run now, e.g. at,at-adr (their teachers train too) [every row]",
+)
+@click.option("--seeds", default=None, help="comma-separated seeds to run now, e.g. 0 [the grid's seeds]")
+@click.option(
+    "--skip-eval",
+    type=click.Choice(["best", "last"]),
+    multiple=True,
+    help="leave this checkpoint's evaluation for a later call, e.g. a long AutoAttack (repeatable)",
+)
+def study(
+    grid: str,
+    out: str | None,
+    jobs: int | None,
+    dry_run: bool,
+    rows: str | None,
+    seeds: str | None,
+    skip_eval: tuple[str, ...],
+) -> None:
     """Train, evaluate and summarise every run of the GRID file; run it again to continue where it stopped.
 
     \b
@@ -821,15 +841,22 @@ def study(grid: str, out: str | None, jobs: int | None, dry_run: bool) -> None:
     last checkpoints into eval-best.json / eval-last.json, and OUT/summary.md, .csv and .png summarise
     the whole study. Finished runs are skipped, stopped ones resumed, a run whose teacher is another run
     waits for it. SIGTERM or Ctrl-C stops every child cleanly (each saves its last.pt).
+    --rows, --seeds and --skip-eval run a part of the grid now and the rest later, in the same folders;
+    the summary always covers every run of the grid that has finished an epoch.
     Logs: OUT/logs/. Grid format: docs/studies.md; example: examples/studies/fashion-mnist.yaml.
     """
-    from .studies.driver import run_study
+    from .studies.driver import Selection, run_study
     from .studies.grid import load_study
 
     if jobs is not None and jobs < 1:
         raise AdvkitError(f"--jobs must be at least 1, got {jobs}")
     loaded = load_study(grid, out=out, jobs=jobs)
-    status = run_study(loaded, click.echo, dry_run=dry_run)
+    selection = Selection(
+        frozenset(_row_list(rows)) if rows is not None else None,
+        frozenset(_seed_list(seeds)) if seeds is not None else None,
+        frozenset(skip_eval),
+    )
+    status = run_study(loaded, click.echo, dry_run=dry_run, selection=selection)
     if status:
         sys.exit(status)
 
@@ -953,6 +980,13 @@ def _seed_list(text: str) -> list[int]:
     if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise AdvkitError(f"--seeds must list distinct non-negative integers such as 0,1,2, got {text!r}")
     return seeds
+
+
+def _row_list(text: str) -> list[str]:
+    rows = [part.strip() for part in text.split(",") if part.strip()]
+    if not rows:
+        raise AdvkitError(f"--rows expects comma-separated row names such as at,at-adr, got {text!r}")
+    return rows
 
 
 @cli.group(invoke_without_command=True)

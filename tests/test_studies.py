@@ -22,7 +22,7 @@ from advkit import AdvkitError, Trainer
 from advkit.data import load_dataset
 from advkit.data.datasets import FASHION_MNIST_INFO
 from advkit.models import build_model
-from advkit.studies.driver import plan, run_study, training_state
+from advkit.studies.driver import Selection, plan, run_study, training_state
 from advkit.studies.grid import load_study
 from advkit.studies.summary import csv_table, group_runs, markdown_table, plot_summary, read_run, summarize_runs
 
@@ -325,6 +325,28 @@ def test_grid_expands_rows_by_seed_and_puts_a_teacher_first(tmp_path):
     keys = [task.key for task in plan(study)]
     assert keys[0] == "train teacher/seed0"
     assert keys.index("eval-best at/seed0") == keys.index("train at/seed0") + 1  # rows complete early
+
+
+def test_a_selection_runs_part_of_the_grid_with_the_teachers_it_needs(tmp_path, run_cli):
+    grid = write_grid(
+        tmp_path / "grid.yaml",
+        {"at": {}, "ard": {"objective": "ard", "teacher": "{out}/teacher/seed0"}, "teacher": {"seeds": [0]}},
+        seeds=[0, 1],
+    )
+    study = load_study(grid)
+    part = Selection(rows=frozenset({"ard"}), seeds=frozenset({1}))
+    assert [task.key for task in plan(study, part)] == ["train teacher/seed0", "train ard/seed1", "eval-best ard/seed1"]
+    no_eval = Selection(seeds=frozenset({0}), skip_eval=frozenset({"best"}))
+    assert [task.key for task in plan(study, no_eval)] == ["train teacher/seed0", "train at/seed0", "train ard/seed0"]
+    with pytest.raises(AdvkitError, match=r"--rows: no row 'ardd' in .*grid.yaml \(its rows: at, ard, teacher\)"):
+        Selection(rows=frozenset({"ardd"})).check(study)
+    with pytest.raises(AdvkitError, match=r"--seeds: seed 2 is not one of the grid's seeds \(0, 1\)"):
+        Selection(seeds=frozenset({2})).check(study)
+    code, stdout, stderr = run_cli(["study", str(grid), "--dry-run", "--rows", "at", "--seeds", "1"])
+    assert code == 0, stderr
+    assert [line.split()[:2] for line in stdout.splitlines()] == [["train", "at/seed1"], ["eval-best", "at/seed1"]]
+    code, stdout, stderr = run_cli(["study", str(grid), "--rows", "atx"])
+    assert code == 2 and "--rows: no row 'atx'" in stderr and not (tmp_path / "study").exists()
 
 
 # --- the driver, end to end on digits --------------------------------------------------------------------------

@@ -169,9 +169,38 @@ def commands(task: Task, study: Study) -> list[str]:
     return command + (["--wa"] if run.config.select == "wa" else [])
 
 
-def plan(study: Study) -> list[Task]:
+@dataclass(frozen=True)
+class Selection:
+    """The part of a study to run now (``advkit study --rows/--seeds/--skip-eval``): ``None`` keeps every
+    row or seed. The summary still covers every run of the grid."""
+
+    rows: frozenset[str] | None = None
+    seeds: frozenset[int] | None = None
+    skip_eval: frozenset[str] = frozenset()
+
+    def check(self, study: Study) -> None:
+        """Names that are not in the grid are a one-line error before anything starts."""
+        rows = list(dict.fromkeys(run.row for run in study.runs))
+        for row in sorted(self.rows or ()):
+            if row not in rows:
+                raise AdvkitError(f"--rows: no row {row!r} in {study.source} (its rows: {', '.join(rows)})")
+        seeds = sorted({run.seed for run in study.runs})
+        for seed in sorted(self.seeds or ()):
+            if seed not in seeds:
+                raise AdvkitError(f"--seeds: seed {seed} is not one of the grid's seeds ({', '.join(map(str, seeds))})")
+
+    def keeps(self, task: Task) -> bool:
+        return (
+            (self.rows is None or task.run.row in self.rows)
+            and (self.seeds is None or task.run.seed in self.seeds)
+            and task.kind.removeprefix("eval-") not in self.skip_eval
+        )
+
+
+def plan(study: Study, selection: Selection | None = None) -> list[Task]:
     """Every task in the order it is started: the grid's rows seed by seed, each run's evaluations right
-    after its training (so rows complete early), a teacher before the runs that learn from it."""
+    after its training (so rows complete early), a teacher before the runs that learn from it. With a
+    ``selection``, only its tasks and the teachers' training that they need."""
     tasks: list[Task] = []
     seeds = sorted({run.seed for run in study.runs})
     for seed in seeds:
@@ -180,6 +209,9 @@ def plan(study: Study) -> list[Task]:
             for checkpoint, attacks in study.evaluation.attacks.items():
                 if attacks:
                     tasks.append(Task(f"eval-{checkpoint}", run, [f"train {run.name}"]))
+    if selection is not None:
+        teachers = {need for task in tasks if selection.keeps(task) for need in task.needs if task.kind == "train"}
+        tasks = [task for task in tasks if selection.keeps(task) or task.key in teachers]
     order = {task.key: index for index, task in enumerate(tasks)}
     needed = {need for task in tasks if task.kind == "train" for need in task.needs}
     return sorted(tasks, key=lambda task: (task.key not in needed, order[task.key]))
@@ -218,10 +250,10 @@ def duration(seconds: float) -> str:
 class Driver:
     """Starts ready tasks up to ``study.jobs`` at a time and reports each start and end on one line."""
 
-    def __init__(self, study: Study, echo: Callable[[str], None]) -> None:
+    def __init__(self, study: Study, echo: Callable[[str], None], selection: Selection | None = None) -> None:
         self.study = study
         self.echo = echo
-        self.tasks = plan(study)
+        self.tasks = plan(study, selection)
         self.done = {task.key for task in self.tasks if is_done(task, study)}
         self.failed: dict[str, str] = {}
         self.running: dict[str, tuple[Task, subprocess.Popen[bytes], float]] = {}
@@ -336,9 +368,14 @@ def write_summary(study: Study) -> str:
     return table
 
 
-def run_study(study: Study, echo: Callable[[str], None], dry_run: bool = False) -> int:
-    """Run what is left of ``study``; 0 when every task is done, 1 when some failed (the others still ran)."""
-    driver = Driver(study, echo)
+def run_study(
+    study: Study, echo: Callable[[str], None], dry_run: bool = False, selection: Selection | None = None
+) -> int:
+    """Run what is left of ``study`` (or of its ``selection``); 0 when every task is done, 1 when some failed
+    (the others still ran)."""
+    if selection is not None:
+        selection.check(study)
+    driver = Driver(study, echo, selection)
     if dry_run:
         for line in driver.describe():
             echo(line)
