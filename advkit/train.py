@@ -255,6 +255,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": None, "val_robust_acc": -1.0}
         self._position: dict[str, Any] | None = None  # where in an epoch a mid-epoch checkpoint stopped
+        self._fitted = False  # a later fit() call continues from last.pt instead of starting epoch 1 again
         self.metric_totals: dict[str, torch.Tensor] = {}  # the components' logged metrics: [sum, count] this epoch
         self.step_window = StepWindow(config.log_interval) if config.log_interval > 0 else None
         self.extra_loggers = list(loggers)
@@ -614,12 +615,16 @@ class Trainer:
 
         Stops early after epoch ``stop_after_epoch`` (1-based), after ``stop_after_steps`` optimizer steps
         in all, or once ``stop_request`` is set (by a signal, see ``interrupts.stop_on_signals``); a stop in
-        the middle of an epoch saves a checkpoint there that ``resume_run`` continues exactly.
+        the middle of an epoch saves a checkpoint there that ``resume_run`` continues exactly. Calling
+        ``fit()`` again on the same trainer continues from that last.pt in the same way.
         """
         if self.world.is_main:
             self.lock.acquire()
         self.stop_request.deferring = True
         try:
+            if self._fitted and (self.out_dir / "last.pt").is_file():
+                self._restore(safe_load(self.out_dir / "last.pt"))  # continue where it stopped, as a resume does
+            self._fitted = True
             self.loggers = self._open_loggers()
             self._fit(stop_after_epoch, stop_after_steps)
             if self.history:

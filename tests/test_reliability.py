@@ -121,6 +121,18 @@ def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tmp_path):
     assert "position" not in again
 
 
+@pytest.mark.parametrize("stop", [{"stop_after_epoch": 1}, {"stop_after_steps": 7}], ids=["epoch end", "mid-epoch"])
+def test_a_second_fit_of_the_same_trainer_continues_where_the_first_stopped(tmp_path, stop):
+    Trainer(digits_config(wa=0.9), tmp_path / "straight", progress=False).fit()
+    trainer = Trainer(digits_config(wa=0.9, checkpoint_every=4), tmp_path / "twice", progress=False)
+    trainer.fit(**stop)
+    history = trainer.fit()
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    assert [record["epoch"] for record in history] == [record["epoch"] for record in straight["history"]]
+    assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "twice" / "last.pt")
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in straight["history"]]
+
+
 def test_checkpoint_every_writes_mid_epoch_checkpoints_without_changing_the_run(tmp_path, monkeypatch):
     saved = []
     original = Trainer._save_position
