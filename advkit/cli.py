@@ -779,7 +779,18 @@ def plot_calibration(
     default=None,
     help="PNG: validation robust-accuracy curves with ±std bands, and a bar chart with error bars",
 )
-def summarize(runs: tuple[str, ...], csv_path: str | None, markdown_path: str | None, plot_path: str | None) -> None:
+@click.option(
+    "--include-unfinished",
+    is_flag=True,
+    help="also count runs that have not trained every epoch (still training, stopped, pruned), as they stand",
+)
+def summarize(
+    runs: tuple[str, ...],
+    csv_path: str | None,
+    markdown_path: str | None,
+    plot_path: str | None,
+    include_unfinished: bool,
+) -> None:
     """Mean ± std over seeds of RUNS (run directories, or folders searched for them), as a Markdown table.
 
     Runs are grouped by their config.yaml minus the seed (and data_dir, device, download, teacher_cache,
@@ -787,12 +798,20 @@ def summarize(runs: tuple[str, ...], csv_path: str | None, markdown_path: str | 
     the best epoch, robust accuracy at the last epoch, their gap (robust overfitting), and the test results of each
     eval-best.json / eval-last.json that `advkit eval --json` wrote into a run; "test robust" is the worst case over
     the attacks evaluated, "test gap" best minus last. Accuracies in %, ± the sample std over seeds.
+    Runs that have not trained every epoch are named under the table and not counted, unless
+    --include-unfinished.
     """
     from .studies.summary import csv_table, markdown_table, plot_summary, summarize_runs
 
     _check_outputs(csv=csv_path, markdown=markdown_path, plot=plot_path)
-    groups = summarize_runs(runs)
-    table = markdown_table(groups)
+    summary = summarize_runs(runs, include_unfinished=include_unfinished)
+    if not summary.groups:
+        raise AdvkitError(
+            f"no run has trained every epoch yet ({', '.join(run.progress() for run in summary.unfinished)}); "
+            "pass --include-unfinished to summarise them as they stand"
+        )
+    groups = summary.groups
+    table = markdown_table(groups) + summary.note()
     click.echo(table, nl=False)
     if csv_path:
         _write_text(csv_table(groups), csv_path)

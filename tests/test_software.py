@@ -28,5 +28,5 @@ def test_runs_and_evaluations_record_their_software_and_configs_ignore_it(tmp_pa
     config = yaml.safe_load((other / "config.yaml").read_text())
     config["software"]["advkit_git_commit"] = "another"
     (other / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    groups = summarize_runs([tmp_path / "study"])
+    groups = summarize_runs([tmp_path / "study"]).groups
     assert [(group.label, len(group.runs)) for group in groups] == [("at", 2)]  # versions do not split seeds

@@ -102,12 +102,14 @@ def make_run(
     eval_best: dict | None = None,
     eval_last: dict | None = None,
     select: str = "model",
+    epochs: int | None = None,
 ) -> Path:
     folder.mkdir(parents=True)
     config = {
         "dataset": "digits",
         "objective": objective,
         "seed": seed,
+        "epochs": len(robust) if epochs is None else epochs,
         "select": select,
         "device": "cpu",
         "checkpoint_every": None,
@@ -180,7 +182,7 @@ def test_select_wa_runs_are_read_on_the_weight_averaged_columns(tmp_path):
 
 
 def test_summarize_groups_by_configuration_minus_seed_with_mean_and_sample_std(three_runs):
-    groups = summarize_runs([three_runs])
+    groups = summarize_runs([three_runs]).groups
     assert [(group.label, len(group.runs)) for group in groups] == [("at", 2), ("trades", 1)]
     table = markdown_table(groups)
     at_row = next(line for line in table.splitlines() if line.startswith("| at |"))
@@ -241,8 +243,22 @@ def test_a_run_written_before_a_setting_or_option_existed_groups_with_newer_runs
     assert [[run.path.name for run in group.runs] for group in groups] == [["newer", "older"], ["different"]]
 
 
+def test_an_unfinished_run_is_named_and_left_out_of_the_means_unless_asked_for(three_runs, tmp_path, run_cli):
+    make_run(three_runs / "at" / "seed2", seed=2, objective="at", robust=[0.10], epochs=3)  # 1 of 3 epochs so far
+    summary = summarize_runs([three_runs])
+    assert [(group.label, len(group.runs)) for group in summary.groups] == [("at", 2), ("trades", 1)]
+    assert summary.note() == f"\nNot counted, unfinished: {three_runs / 'at' / 'seed2'} (epoch 1 of 3).\n"
+    everything = summarize_runs([three_runs], include_unfinished=True)
+    assert [len(group.runs) for group in everything.groups] == [3, 1] and everything.note() == ""
+    code, stdout, stderr = run_cli(["summarize", str(three_runs)])
+    assert code == 0 and "| at | 2 |" in stdout and "Not counted, unfinished:" in stdout
+    code, stdout, stderr = run_cli(["summarize", str(three_runs / "at" / "seed2"), "--csv", str(tmp_path / "s.csv")])
+    assert code == 2 and "no run has trained every epoch yet" in stderr and "--include-unfinished" in stderr
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_summary_plot_is_a_png(three_runs, tmp_path):
-    path = plot_summary(summarize_runs([three_runs]), tmp_path / "summary.png")
+    path = plot_summary(summarize_runs([three_runs]).groups, tmp_path / "summary.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -356,15 +356,18 @@ class Driver:
 
 
 def write_summary(study: Study) -> str:
-    """summary.md, summary.csv and summary.png in the study folder, over every run with a finished epoch."""
+    """summary.md, summary.csv and summary.png in the study folder, over every run that trained all its epochs
+    (the others are named under the table)."""
     with_metrics = [run.directory for run in study.runs if (run.directory / "metrics.jsonl").is_file()]
     if not with_metrics:
         return "no run has finished an epoch yet: nothing to summarise\n"
-    groups = summarize_runs(with_metrics)
-    table = markdown_table(groups)
+    summary = summarize_runs(with_metrics)
+    if not summary.groups:
+        return f"no run has finished every epoch yet: nothing to summarise{summary.note()}"
+    table = markdown_table(summary.groups) + summary.note()
     atomic_write_text(table, study.out / "summary.md")
-    atomic_write_text(csv_table(groups), study.out / "summary.csv")
-    plot_summary(groups, study.out / "summary.png")
+    atomic_write_text(csv_table(summary.groups), study.out / "summary.csv")
+    plot_summary(summary.groups, study.out / "summary.png")
     return table
 
 

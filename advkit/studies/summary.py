@@ -41,6 +41,29 @@ class RunResult:
     values: dict[str, float]
     curve: list[tuple[int, float]]
 
+    @property
+    def finished(self) -> bool:
+        """Every epoch of its config ran (a run still training, stopped or pruned has fewer)."""
+        return self.values["epochs"] >= int(self.config.get("epochs", SETTING_DEFAULTS["epochs"]))
+
+    def progress(self) -> str:
+        return f"{self.path} (epoch {self.values['epochs']:.0f} of {self.config.get('epochs')})"
+
+
+@dataclass
+class Summary:
+    """The groups of a set of runs, and the unfinished runs that were left out of them."""
+
+    groups: list[Group]
+    unfinished: list[RunResult]
+
+    def note(self) -> str:
+        """A line under the table naming what was not counted (empty when every run finished)."""
+        if not self.unfinished:
+            return ""
+        names = ", ".join(run.progress() for run in self.unfinished)
+        return f"\nNot counted, unfinished: {names}.\n"
+
 
 @dataclass
 class Group:
@@ -290,9 +313,12 @@ def csv_table(groups: list[Group], leading: Mapping[str, Sequence[Any]] | None =
     return buffer.getvalue()
 
 
-def summarize_runs(paths: Iterable[str | Path]) -> list[Group]:
-    """Read and group every run under ``paths``."""
-    return group_runs([read_run(path) for path in find_run_dirs(paths)])
+def summarize_runs(paths: Iterable[str | Path], include_unfinished: bool = False) -> Summary:
+    """Read and group every run under ``paths``; runs that have not trained every epoch are left out (a
+    mean over seeds at different epochs would mean nothing) unless ``include_unfinished``."""
+    runs = [read_run(path) for path in find_run_dirs(paths)]
+    unfinished = [] if include_unfinished else [run for run in runs if not run.finished]
+    return Summary(group_runs([run for run in runs if include_unfinished or run.finished]), unfinished)
 
 
 def headline_column(groups: list[Group]) -> str:
