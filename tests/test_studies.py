@@ -24,7 +24,15 @@ from advkit.data.datasets import FASHION_MNIST_INFO
 from advkit.models import build_model
 from advkit.studies.driver import Selection, plan, run_study, training_state
 from advkit.studies.grid import load_study
-from advkit.studies.summary import csv_table, group_runs, markdown_table, plot_summary, read_run, summarize_runs
+from advkit.studies.summary import (
+    csv_table,
+    group_runs,
+    markdown_table,
+    plot_summary,
+    read_run,
+    summarize_runs,
+    summary_figure,
+)
 
 # --- --train-size ------------------------------------------------------------------------------------------
 
@@ -260,6 +268,18 @@ def test_an_unfinished_run_is_named_and_left_out_of_the_means_unless_asked_for(t
 def test_summary_plot_is_a_png(three_runs, tmp_path):
     path = plot_summary(summarize_runs([three_runs]).groups, tmp_path / "summary.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_dot_plot_draws_every_seed_and_the_mean_of_each_group(three_runs):
+    groups = summarize_runs([three_runs]).groups  # at: val robust (best) 60 and 64; trades: 50 (no eval)
+    dots = summary_figure(groups).axes[1]
+    seeds = sorted((x, round(y, 6)) for line in dots.lines if line.get_marker() == "o" for x, y in line.get_xydata())
+    assert seeds == [(0, 50.0), (1, 60.0), (1, 64.0)] or seeds == [(0, 60.0), (0, 64.0), (1, 50.0)]
+    means = {text.get_text() for text in dots.texts}
+    assert means == {"62.0", "50.0"}
+    low, high = dots.get_ylim()
+    assert 0 < low < 50 and 62 + 2.83 < high <= 100  # zoomed to the values; every seed and whisker (std 2.83) inside
+    assert "val robust (best)" in dots.get_ylabel()
 
 
 def test_summarize_cli_writes_csv_and_refuses_a_folder_without_runs(three_runs, tmp_path):

@@ -14,15 +14,18 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..config import SETTING_DEFAULTS, TRACKING_SETTINGS, config_from_mapping, select_components
 from ..errors import AdvkitError
 from ..options import plain
-from ..plots import read_metrics
+from ..plots import new_figure, read_metrics, save_figure
 from ..registry import component_options, default_registry
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Settings that do not change what a run computes, and the seed that a group averages over.
 NOT_CONFIGURATION = (
@@ -327,11 +330,16 @@ def headline_column(groups: list[Group]) -> str:
 
 
 def plot_summary(groups: list[Group], out: str | Path) -> Path:
-    """Validation robust accuracy per epoch (mean line, ±std band over seeds) and a bar chart with error bars."""
-    from ..plots import new_figure, save_figure
+    """Validation robust accuracy per epoch (mean line, ±std band over seeds) and each group's headline
+    metric as mean ± std with every seed's value drawn as a point (a dot plot, not bars: the axis is
+    zoomed to the values, and a collapsed seed stays visible instead of hiding in a wide error bar)."""
+    return save_figure(summary_figure(groups), out)
 
+
+def summary_figure(groups: list[Group]) -> Figure:
+    """The figure that :func:`plot_summary` saves."""
     figure, axes = new_figure(1, 2, 13.0, 4.8)
-    curves, bars = axes[0][0], axes[0][1]
+    curves, dots = axes[0][0], axes[0][1]
     for group in groups:
         by_epoch: dict[int, list[float]] = {}
         for run in group.runs:
@@ -354,17 +362,36 @@ def plot_summary(groups: list[Group], out: str | Path) -> Path:
     curves.grid(alpha=0.3)
     curves.legend(fontsize=7)
     metric = headline_column(groups)
+    values = [[100 * value for value in group.column(metric)] for group in groups]
     stats = [mean_std(group.column(metric)) for group in groups]
     positions = list(range(len(groups)))
-    bars.bar(
-        positions, [100 * mean for mean, _ in stats], yerr=[100 * std for _, std in stats], capsize=4, color="tab:blue"
+    for position, seeds in zip(positions, values, strict=True):
+        dots.plot([position] * len(seeds), seeds, "o", color="0.55", markersize=4, zorder=2)
+    dots.errorbar(
+        positions,
+        [100 * mean for mean, _ in stats],
+        yerr=[100 * std for _, std in stats],
+        fmt="D",
+        color="tab:blue",
+        capsize=5,
+        zorder=3,
     )
-    bars.set_xticks(positions, [group.label for group in groups], rotation=35, ha="right", fontsize=8)
-    low = min(100 * (mean - std) for mean, std in stats)
-    high = max(100 * (mean + std) for mean, std in stats)
+    for position, (mean, _) in zip(positions, stats, strict=True):
+        dots.annotate(
+            f"{100 * mean:.1f}",
+            (position, 100 * mean),
+            xytext=(8, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    dots.set_xticks(positions, [group.label for group in groups], rotation=35, ha="right", fontsize=8)
+    dots.set_xlim(-0.6, len(groups) - 0.4)
+    low = min(min(seeds + [100 * (m - s)]) for seeds, (m, s) in zip(values, stats, strict=True))
+    high = max(max(seeds + [100 * (m + s)]) for seeds, (m, s) in zip(values, stats, strict=True))
     margin = max(1.0, 0.15 * (high - low))
-    bars.set_ylim(max(0.0, low - margin), min(100.0, high + margin))
-    bars.set_ylabel(f"{metric} (%)")
-    bars.set_title(f"{metric}: mean ± std over seeds")
-    bars.grid(axis="y", alpha=0.3)
-    return save_figure(figure, out)
+    dots.set_ylim(max(0.0, low - margin), min(100.0, high + margin))
+    dots.set_ylabel(f"{metric} (%)")
+    dots.set_title(f"{metric}: mean ± std (diamond), each seed (dot)")
+    dots.grid(axis="y", alpha=0.3)
+    return figure
