@@ -6,6 +6,7 @@ study-config.yaml, metrics.jsonl and eval JSON, plus the weights of a checkpoint
 still asks for (or that another run learns from, a teacher). This script copies exactly that into
 RECORDS/<row>/seed<k>/, with checkpoints slimmed to what ``advkit eval`` and a teacher load read (the
 model, its dataset and config, and the weight-averaged model for ``select: wa`` runs; no optimiser state).
+A run that has not finished keeps its whole last.pt instead, so that the study resumes it.
 
     python examples/studies/keep_records.py GRID RECORDS            # after runs finish: copy into RECORDS
     python examples/studies/keep_records.py GRID RECORDS --restore  # on a new machine: copy back
@@ -24,10 +25,10 @@ import click
 
 from advkit.checkpoint import atomic_save, safe_load
 from advkit.errors import AdvkitError
-from advkit.studies.driver import evaluation_done, training_state
+from advkit.studies.driver import STUDY_CONFIG, evaluation_done, training_state
 from advkit.studies.grid import Study, StudyRun, load_study
 
-RECORD_FILES = ("config.yaml", "study-config.yaml", "metrics.jsonl", "eval-best.json", "eval-last.json")
+RECORD_FILES = ("config.yaml", STUDY_CONFIG, "metrics.jsonl", "eval-best.json", "eval-last.json")
 CHECKPOINTS = ("best", "last")
 
 
@@ -48,16 +49,22 @@ def slim_checkpoint(source: Path, target: Path, keep_averages: bool) -> None:
 
 
 def keep(study: Study, records: Path) -> list[str]:
-    """Copy every finished run's records (and the checkpoints still needed) into ``records``."""
+    """Copy every finished run's records (and the checkpoints still needed), and every stopped run's
+    last.pt, into ``records``."""
     done: list[str] = []
     for run in study.runs:
-        if training_state(run) != "done":
+        state = training_state(run)
+        if state == "start":
             continue
         folder = records / run.row / f"seed{run.seed}"
         folder.mkdir(parents=True, exist_ok=True)
         for name in RECORD_FILES:
             if (run.directory / name).is_file():
                 shutil.copy2(run.directory / name, folder / name)
+        if state == "resume":  # stopped part-way: everything a resume reads
+            shutil.copy2(run.directory / "last.pt", folder / "last.pt")
+            done.append(f"{run.name} (unfinished, + last.pt to resume)")
+            continue
         kept = []
         for which in CHECKPOINTS:
             source, target = run.directory / f"{which}.pt", folder / f"{which}.pt"
@@ -75,7 +82,7 @@ def restore(study: Study, records: Path) -> list[str]:
     done: list[str] = []
     for run in study.runs:
         folder = records / run.row / f"seed{run.seed}"
-        if not (folder / "metrics.jsonl").is_file() or (run.directory / "metrics.jsonl").exists():
+        if not (folder / STUDY_CONFIG).is_file() or (run.directory.is_dir() and any(run.directory.iterdir())):
             continue
         run.directory.mkdir(parents=True, exist_ok=True)
         for path in sorted(folder.iterdir()):

@@ -50,7 +50,11 @@ def test_records_keep_what_is_still_needed_and_a_restored_study_evaluates_from_t
                 "out": str(tmp_path / "study"),
                 "base": BASE,
                 "evaluate": {"n_examples": 40, "best": ["clean", "fgsm"], "last": ["clean"]},
-                "runs": {"teacher": {}, "ard": {"objective": "ard", "teacher": "{out}/teacher/seed0"}},
+                "runs": {
+                    "teacher": {},
+                    "ard": {"objective": "ard", "teacher": "{out}/teacher/seed0"},
+                    "at": {"epochs": 2},
+                },
             },
             sort_keys=False,
         )
@@ -61,11 +65,20 @@ def test_records_keep_what_is_still_needed_and_a_restored_study_evaluates_from_t
     trainer = Trainer(teacher.config, teacher.directory, progress=False)
     trainer.fit()
     trainer.group.close()
+    stopped = study.runs[2]
+    prepare_run(stopped)
+    trainer = Trainer(stopped.config, stopped.directory, progress=False)
+    trainer.fit(stop_after_epoch=1)  # stopped part-way: kept whole, to resume
+    trainer.group.close()
     records = tmp_path / "records"
 
-    # the student never trained: only the teacher is kept
+    # the student never trained: only the teacher and the stopped run are kept
     result = CliRunner().invoke(keep_records.main, [str(grid), str(records)])
-    assert result.exit_code == 0 and result.output.splitlines()[1:] == ["  teacher/seed0 (+ best.pt, last.pt)"]
+    assert result.exit_code == 0 and result.output.splitlines()[1:] == [
+        "  teacher/seed0 (+ best.pt, last.pt)",
+        "  at/seed0 (unfinished, + last.pt to resume)",
+    ]
+    assert (records / "at" / "seed0" / "last.pt").read_bytes() == (stopped.directory / "last.pt").read_bytes()
     kept = records / "teacher" / "seed0"
     assert sorted(path.name for path in kept.iterdir()) == [
         "best.pt",
@@ -84,11 +97,12 @@ def test_records_keep_what_is_still_needed_and_a_restored_study_evaluates_from_t
 
     evaluate(teacher.directory, "best", ["clean", "fgsm"])
     evaluate(teacher.directory, "last", ["clean"])
-    assert keep_records.keep(study, records) == ["teacher/seed0 (+ best.pt)"]  # the student still learns from it
+    assert keep_records.keep(study, records)[0] == "teacher/seed0 (+ best.pt)"  # the student still learns from it
     assert not (kept / "last.pt").exists() and (kept / "eval-last.json").is_file()
 
     elsewhere = load_study(grid, out=tmp_path / "new-machine")
-    assert keep_records.restore(elsewhere, records) == ["teacher/seed0"]
+    assert keep_records.restore(elsewhere, records) == ["teacher/seed0", "at/seed0"]
+    assert training_state(elsewhere.runs[2]) == "resume"  # advkit study continues it from the kept last.pt
     moved = elsewhere.runs[0]
     assert training_state(moved) == "done"  # advkit study would not train it again ...
     assert all(evaluation_done(moved, which, elsewhere.evaluation) for which in ("best", "last"))  # ... nor score it
