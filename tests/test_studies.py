@@ -21,8 +21,9 @@ import yaml
 from advkit import AdvkitError, Trainer
 from advkit.data import load_dataset
 from advkit.data.datasets import FASHION_MNIST_INFO
+from advkit.interrupts import StopRequest
 from advkit.models import build_model
-from advkit.studies.driver import Selection, plan, run_study, training_state
+from advkit.studies.driver import Driver, Selection, plan, run_study, training_state
 from advkit.studies.grid import load_study
 from advkit.studies.summary import (
     csv_table,
@@ -383,6 +384,23 @@ def test_a_selection_runs_part_of_the_grid_with_the_teachers_it_needs(tmp_path, 
     assert [line.split()[:2] for line in stdout.splitlines()] == [["train", "at/seed1"], ["eval-best", "at/seed1"]]
     code, stdout, stderr = run_cli(["study", str(grid), "--rows", "atx"])
     assert code == 2 and "--rows: no row 'atx'" in stderr and not (tmp_path / "study").exists()
+
+
+def test_an_evaluation_whose_checkpoint_is_gone_is_reported_and_not_started(tmp_path):
+    study = load_study(write_grid(tmp_path / "grid.yaml", {"at": {}}))
+    run = study.runs[0]
+    run.directory.mkdir(parents=True)
+    (run.directory / "metrics.jsonl").write_text(json.dumps({"epoch": run.config.epochs}) + "\n")
+    lines: list[str] = []
+    driver = Driver(study, lines.append)
+    gone = f"cannot run: {run.directory / 'best.pt'} is gone; delete {run.directory} to train the run again"
+    assert driver.describe() == [f"{'train at/seed0':40s} done", f"{'eval-best at/seed0':40s} {gone}"]
+    driver.run(StopRequest())
+    assert driver.failed == {"eval-best at/seed0": gone}
+    assert lines[-1] == f"skip   eval-best at/seed0: {gone}"
+    assert not (study.out / "logs").exists()  # no child was started for it
+    (run.directory / "best.pt").write_bytes(b"")
+    assert Driver(study, lines.append).describe()[1] == f"{'eval-best at/seed0':40s} to run"
 
 
 # --- the driver, end to end on digits --------------------------------------------------------------------------

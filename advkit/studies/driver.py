@@ -84,6 +84,17 @@ def eval_path(run: StudyRun, checkpoint: str) -> Path:
     return run.directory / f"eval-{checkpoint}.json"
 
 
+def missing_checkpoint(task: Task) -> str | None:
+    """Why an evaluation can never run although its run trained every epoch: its checkpoint is gone (records
+    restored without it, or deleted by hand). ``None`` when nothing is missing."""
+    if task.kind == "train" or training_state(task.run) != "done":
+        return None
+    checkpoint = task.run.directory / f"{task.kind.removeprefix('eval-')}.pt"
+    if checkpoint.is_file():
+        return None
+    return f"cannot run: {checkpoint} is gone; delete {task.run.directory} to train the run again"
+
+
 def check_settings_unchanged(run: StudyRun) -> None:
     """An existing run directory must hold the run the grid asks for; a changed grid is not silently mixed in."""
     wanted = {key: value for key, value in run.config.to_dict().items() if key not in NOT_CONFIGURATION}
@@ -268,7 +279,7 @@ class Driver:
             elif task.kind == "train":
                 state = training_state(task.run) + (", in use by another process" if _busy(task.run) else "")
             else:
-                state = "to run"
+                state = missing_checkpoint(task) or "to run"
             lines.append(f"{task.key:40s} {state}")
         return lines
 
@@ -312,6 +323,11 @@ class Driver:
                 continue
             if is_done(task, self.study):  # finished elsewhere meanwhile
                 self._finish(task, "done (elsewhere)")
+                continue
+            missing = missing_checkpoint(task)
+            if missing:
+                self.failed[task.key] = missing
+                self.echo(f"skip   {task.key}: {missing}")
                 continue
             self._launch(task)
         return left
