@@ -204,6 +204,20 @@ def test_summarize_groups_by_configuration_minus_seed_with_mean_and_sample_std(t
     assert rows[1]["test robust (best) mean"] == "" and rows[1]["n"] == "1"
 
 
+def test_a_metric_that_only_some_seeds_have_says_how_many(tmp_path):
+    make_run(
+        tmp_path / "at" / "seed0", seed=0, objective="at", robust=[0.6], eval_best=report(0.8, ("autoattack", 0.5))
+    )
+    make_run(tmp_path / "at" / "seed1", seed=1, objective="at", robust=[0.7])
+    table = markdown_table(summarize_runs([tmp_path]).groups)
+    row = next(line.split(" | ") for line in table.splitlines() if line.startswith("| at |"))
+    header = table.splitlines()[0].split(" | ")
+    assert row[header.index("val robust (best)")] == "65.0 ± 7.1"  # both seeds: no count
+    assert row[header.index("test autoattack (best)")] == "50.0 (1 of 2)"
+    (csv_row,) = csv.DictReader(io.StringIO(csv_table(summarize_runs([tmp_path]).groups)))
+    assert (csv_row["n"], csv_row["test autoattack (best) n"], csv_row["val robust (best) n"]) == ("2", "1", "2")
+
+
 def test_labels_fall_back_to_the_differing_settings(tmp_path):
     make_run(tmp_path / "a", seed=0, objective="at", robust=[0.5])
     make_run(tmp_path / "b", seed=0, objective="trades", robust=[0.4])

@@ -265,15 +265,19 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _format(values: list[float], kind: str) -> str:
+def _format(values: list[float], kind: str, n_runs: int) -> str:
+    """A cell over the seeds that have the metric, saying how many when that is not all ``n_runs`` of them
+    (an evaluation still to run on some seeds must not read as a mean over all)."""
     if not values:
         return "–"
     mean, std = mean_std(values)
     if kind == "accuracy":
-        return f"{100 * mean:.1f} ± {100 * std:.1f}" if len(values) > 1 else f"{100 * mean:.1f}"
-    if kind == "seconds":
-        return f"{mean:.0f}"
-    return f"{mean:.1f}" if len(values) > 1 and not float(mean).is_integer() else f"{mean:.0f}"
+        cell = f"{100 * mean:.1f} ± {100 * std:.1f}" if len(values) > 1 else f"{100 * mean:.1f}"
+    elif kind == "seconds":
+        cell = f"{mean:.0f}"
+    else:
+        cell = f"{mean:.1f}" if len(values) > 1 and not float(mean).is_integer() else f"{mean:.0f}"
+    return cell if len(values) == n_runs else f"{cell} ({len(values)} of {n_runs})"
 
 
 def markdown_table(groups: list[Group], leading: Mapping[str, Sequence[str]] | None = None, label: str = "run") -> str:
@@ -290,28 +294,29 @@ def markdown_table(groups: list[Group], leading: Mapping[str, Sequence[str]] | N
     ]
     for index, group in enumerate(groups):
         cells = [group.label, *(values[index] for values in leading.values()), str(len(group.runs))] + [
-            _format(group.column(column.name), column.kind) for column in columns
+            _format(group.column(column.name), column.kind, len(group.runs)) for column in columns
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def csv_table(groups: list[Group], leading: Mapping[str, Sequence[Any]] | None = None, label: str = "run") -> str:
-    """Machine-readable form: mean, std and n per metric, and the run directories of each group."""
+    """Machine-readable form: mean, std and the number of seeds that have it per metric, and the run
+    directories of each group."""
     columns = columns_of(groups)
     leading = leading or {}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
         [label, *leading, "n"]
-        + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std")]
+        + [f"{column.name} {stat}" for column in columns for stat in ("mean", "std", "n")]
         + ["run_dirs"]
     )
     for index, group in enumerate(groups):
         row: list[Any] = [group.label, *(values[index] for values in leading.values()), len(group.runs)]
         for column in columns:
             values = group.column(column.name)
-            row += list(mean_std(values)) if values else ["", ""]
+            row += [*mean_std(values), len(values)] if values else ["", "", 0]
         writer.writerow(row + [" ".join(str(run.path) for run in group.runs)])
     return buffer.getvalue()
 
