@@ -371,7 +371,8 @@ def summary_figure(groups: list[Group]) -> Figure:
     stats = [mean_std(group.column(metric)) for group in groups]
     positions = list(range(len(groups)))
     for position, seeds in zip(positions, values, strict=True):
-        dots.plot([position] * len(seeds), seeds, "o", color="0.55", markersize=4, zorder=2)
+        # beside the diamond, not under it: with a small std the diamond would hide every seed
+        dots.plot([position - 0.2] * len(seeds), seeds, "o", color="0.55", markersize=4, zorder=2)
     dots.errorbar(
         positions,
         [100 * mean for mean, _ in stats],
@@ -397,6 +398,6 @@ def summary_figure(groups: list[Group]) -> Figure:
     margin = max(1.0, 0.15 * (high - low))
     dots.set_ylim(max(0.0, low - margin), min(100.0, high + margin))
     dots.set_ylabel(f"{metric} (%)")
-    dots.set_title(f"{metric}: mean ± std (diamond), each seed (dot)")
+    dots.set_title(f"{metric}: mean ± std (diamond), each seed (dot, left of it)")
     dots.grid(axis="y", alpha=0.3)
     return figure
