@@ -10,6 +10,7 @@ Square come from the official implementation (``pyautoattack``, fra31's code), n
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -153,6 +154,8 @@ class OfficialAutoAttack:
         self.eps, self.norm, self.seed = eps, norm, seed
         self.version, self.attacks, self.configure = version, attacks, configure
         self.implementation = "pyautoattack"
+        self.stages: dict[str, float] = {}  # robust accuracy after each sub-attack of the last run
+        self.warnings: list[str] = []  # the official package's warnings during the last run, each once
 
     def build(self, model: nn.Module, device: torch.device) -> Any:
         from .compat import import_autoattack
@@ -175,28 +178,55 @@ class OfficialAutoAttack:
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, progress: str | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         aa = self.build(model, device_of(model))
-        with frozen_for_attack(model, "eval"), _autoattack_log(progress is not None):
+        with frozen_for_attack(model, "eval"), _autoattack_log(progress is not None) as log:
             x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+        self.stages = log.stages if self.attacks is None or len(self.attacks) > 1 else {}
+        self.warnings = list(dict.fromkeys(log.warnings))
         return x_adv.cpu(), (y_adv.cpu() == y)
 
 
+class AutoAttackRecord(logging.Handler):
+    """What the official AutoAttack reports only in its log: the robust accuracy after each sub-attack (its
+    own running worst case, so the stages say which attack found what) and its reliability warnings
+    (zero gradients, Square beating the gradient attacks: signs of gradient masking)."""
+
+    STAGE = re.compile(r"robust accuracy after (\S+): ([0-9.]+)%")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.stages: dict[str, float] = {}
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            self.warnings.append(message)
+        elif match := self.STAGE.match(message):
+            # logged as a percentage with 2 decimals: exact for up to 10,000 examples
+            self.stages[match[1].lower()] = round(float(match[2]) / 100, 6)
+
+
 @contextmanager
-def _autoattack_log(enabled: bool) -> Iterator[None]:
-    """Show AutoAttack's own progress lines (its logger speaks at DEBUG level) while it runs."""
-    if not enabled:
-        yield
-        return
+def _autoattack_log(show_progress: bool) -> Iterator[AutoAttackRecord]:
+    """Record AutoAttack's log (its logger speaks at DEBUG level) while it runs; print its warnings, and its
+    progress lines when asked."""
     logger = logging.getLogger("auto-attack")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("  autoattack: %(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
+    record = AutoAttackRecord()
+    shown = logging.StreamHandler(sys.stderr)
+    shown.setFormatter(logging.Formatter("  autoattack: %(message)s"))
+    shown.setLevel(logging.DEBUG if show_progress else logging.WARNING)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(record)
+    logger.addHandler(shown)
     logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its DEBUG lines are ours to show, not the application's root handlers'
     try:
-        yield
+        yield record
     finally:
-        logger.removeHandler(handler)
+        logger.removeHandler(record)
+        logger.removeHandler(shown)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 class CarliniWagnerL2:
@@ -588,6 +618,8 @@ class AttackResult:
     x_adv: torch.Tensor | None  # None when run_attacks was asked not to keep the examples
     correct: torch.Tensor
     seconds: float
+    stages: dict[str, float] = field(default_factory=dict)  # AutoAttack: robust accuracy after each sub-attack
+    warnings: list[str] = field(default_factory=list)  # the official package's reliability warnings
 
     @property
     def accuracy(self) -> float:
@@ -615,6 +647,7 @@ def run_attacks(
         started = time.perf_counter()
         runner = spec.build(ctx, registry)
         x_adv, correct = runner.run(ctx.model, x, y, batch_size, spec.text if progress else None)
+        stages, warnings = (runner.stages, runner.warnings) if isinstance(runner, OfficialAutoAttack) else ({}, [])
         results[spec.text] = AttackResult(
             spec,
             spec.describe(ctx),
@@ -622,6 +655,8 @@ def run_attacks(
             x_adv if keep_adversarial else None,
             correct,
             time.perf_counter() - started,
+            stages=stages,
+            warnings=warnings,
         )
     return results
 
@@ -821,6 +856,8 @@ def evaluate_checkpoint(
                 "implementation": result.implementation,
                 "accuracy": result.accuracy,
                 "seconds": round(result.seconds, 3),
+                **({"stages": result.stages} if result.stages else {}),
+                **({"warnings": result.warnings} if result.warnings else {}),
             }
             for name, result in results.items()
         ],
@@ -831,8 +868,12 @@ def evaluate_checkpoint(
 
 
 def _rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    rows = [(item["attack"], item["description"], f"{100 * item['accuracy']:.2f}%") for item in report["attacks"]]
-    if report["worst_case"] is not None and len(rows) > 1:
+    rows = []
+    for item in report["attacks"]:
+        rows.append((item["attack"], item["description"], f"{100 * item['accuracy']:.2f}%"))
+        for stage, accuracy in item.get("stages", {}).items():
+            rows.append((f"  after {stage}", "robust so far (AutoAttack's own tally)", f"{100 * accuracy:.2f}%"))
+    if report["worst_case"] is not None and len(report["attacks"]) > 1:
         rows.append(("worst case", "per example, over all attacks above", f"{100 * report['worst_case']:.2f}%"))
     return rows
 
@@ -852,5 +893,8 @@ def format_table(report: dict[str, Any]) -> str:
 def format_markdown(report: dict[str, Any]) -> str:
     """The same table as Markdown, for papers' appendices and READMEs."""
     lines = [f"**{report['header']}**", "", "| attack | description | accuracy |", "|---|---|---:|"]
-    lines += [f"| `{name}` | {description} | {value} |" for name, description, value in _rows(report)]
+    lines += [
+        f"| {name.strip() if name.startswith(' ') else f'`{name}`'} | {description} | {value} |"  # a stage: no code
+        for name, description, value in _rows(report)
+    ]
     return "\n".join(lines) + "\n"

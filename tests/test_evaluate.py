@@ -2,10 +2,12 @@
 
 import dataclasses
 import json
+import logging
 import math
 
 import pytest
 import torch
+from torch import nn
 
 from advkit.compat import import_autoattack
 from advkit.errors import AdvkitError, OptionError
@@ -218,6 +220,38 @@ def test_autoattack_standard_matches_pyautoattack_called_directly(setup):
     assert (ours.x_adv - setup.x).abs().max() <= eps + 1e-6
 
 
+def test_autoattack_stages_are_the_official_running_tally(attacked, setup):
+    """AutoAttack logs the robust accuracy after each sub-attack; advkit keeps it (the first stage is exactly
+    that sub-attack alone, the last is the final per-example outcome)."""
+    first, second = OFFICIAL["apgd-ce:iters=10"][1], OFFICIAL["apgd-t:iters=10,targets=3"][1]
+    runner = OfficialAutoAttack(
+        EPS, "Linf", 0, "custom", ["apgd-ce", "apgd-t"], lambda module, aa: (first(module, aa), second(module, aa))
+    )
+    _, correct = runner.run(setup.model, setup.x, setup.y, N, None)
+    assert list(runner.stages) == ["apgd-ce", "apgd-t"]
+    # logged as a percentage with 2 decimals (exact for n <= 10,000; here n = 32)
+    assert runner.stages["apgd-ce"] == pytest.approx(attacked["apgd-ce:iters=10"].accuracy, abs=5e-5)
+    assert runner.stages["apgd-t"] == pytest.approx(correct.double().mean().item(), abs=5e-5)
+    assert runner.stages["apgd-t"] < runner.stages["apgd-ce"]  # APGD-T found more: the stages differ
+    assert logging.getLogger("auto-attack").handlers == []  # the recorder is removed afterwards
+
+
+def test_autoattack_warnings_are_recorded_once_each(setup, capsys):
+    """A model whose logits do not depend on the input has zero gradients everywhere: the official APGD on
+    the DLR loss warns once per batch and target class; the runner keeps each distinct warning once and
+    still prints every one."""
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(setup.x[0].numel(), 10))
+    nn.init.zeros_(flat[1].weight)
+    with torch.no_grad():
+        flat[1].bias.copy_(torch.arange(10.0))  # predicts class 9 everywhere
+    runner = parse_attack("apgd-t:iters=10,targets=3").build(setup.context(EPS, "Linf", seed=0))
+    x, y = setup.x[:8], torch.full((8,), 9)
+    _, correct = runner.run(flat, torch.cat([x, x]), torch.cat([y, y]), 8, None)  # two batches of 8
+    assert correct.all() and runner.stages == {}  # a single sub-attack has no stages to tell apart
+    assert len(runner.warnings) == 1 and "there are 8 points with zero gradient" in runner.warnings[0]
+    assert capsys.readouterr().err.count("autoattack: there are 8 points with zero gradient") == 2 * 3
+
+
 def test_autoattack_spec_builds_the_official_standard_version(setup):
     aa = OfficialAutoAttack(EPS, "Linf", 0, "standard").build(setup.model, torch.device("cpu"))
     assert type(aa).__module__.startswith(("pyautoattack", "autoattack"))
@@ -272,9 +306,13 @@ def test_eval_cli_autoattack_and_pgd_with_json_and_markdown(runs, tmp_path, run_
     assert set(accuracy) == {"autoattack", "pgd", "clean"} and report["n_examples"] == 16 and report["eps"] == 0.3
     assert report["worst_case"] <= min(accuracy.values())
     assert [a["implementation"] for a in report["attacks"]] == ["pyautoattack", "advkit", "advkit"]
-    assert "worst case" in out and "AutoAttack standard (Linf)" in out
+    # eps 0.3 breaks every example in APGD-CE, so AutoAttack skips the rest: one stage, at 0%
+    assert accuracy["clean"] > 0 and report["attacks"][0]["stages"] == {"apgd-ce": 0.0}
+    assert "stages" not in report["attacks"][1]
+    assert "worst case" in out and "AutoAttack standard (Linf)" in out and "after apgd-ce" in out
     markdown = md_path.read_text()
     assert "| `autoattack` | AutoAttack standard (Linf) |" in markdown and "| `worst case` |" in markdown
+    assert "| after apgd-ce | robust so far (AutoAttack's own tally) | 0.00% |" in markdown
 
 
 @pytest.mark.parametrize(
