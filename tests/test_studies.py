@@ -23,7 +23,7 @@ from advkit.data import load_dataset
 from advkit.data.datasets import FASHION_MNIST_INFO
 from advkit.interrupts import StopRequest
 from advkit.models import build_model
-from advkit.studies.driver import Driver, Selection, plan, run_study, training_state
+from advkit.studies.driver import Driver, Selection, Task, commands, evaluation_done, plan, run_study, training_state
 from advkit.studies.grid import load_study
 from advkit.studies.summary import (
     csv_table,
@@ -354,6 +354,9 @@ def write_grid(path: Path, runs: dict, **top) -> Path:
         ({"runs": {"at": {"seed": 1}}}, "run 'at' sets 'seed'"),
         ({"runs": {}}, "'runs' is empty"),
         ({"evaluate": {"best": "autoattack"}}, "evaluate.best must be a list of attack specs"),
+        ({"runs": {"at": {"evaluate": {"bets": []}}}}, "unknown key 'bets' in run 'at': evaluate; did you mean 'best'"),
+        ({"runs": {"at": {"evaluate": {"best": {3: ["pgd"]}}}}}, "best names seed 3, not one of the row's seeds [0]"),
+        ({"runs": {"at": {"evaluate": {"last": {0: "pgd"}}}}}, "run 'at': evaluate.last must be a list of attack"),
     ],
 )
 def test_grid_mistakes_are_one_line_errors_naming_the_place(tmp_path, change, message):
@@ -379,6 +382,40 @@ def test_grid_expands_rows_by_seed_and_puts_a_teacher_first(tmp_path):
     keys = [task.key for task in plan(study)]
     assert keys[0] == "train teacher/seed0"
     assert keys.index("eval-best at/seed0") == keys.index("train at/seed0") + 1  # rows complete early
+
+
+def test_a_row_replaces_the_study_attack_lists_for_all_or_some_of_its_seeds(tmp_path, run_cli):
+    grid = write_grid(
+        tmp_path / "grid.yaml",
+        {
+            "at": {},
+            "cheap": {"evaluate": {"best": ["clean"], "last": ["fgsm"]}},
+            "mixed": {"evaluate": {"best": {1: ["clean", "pgd"]}}},
+        },
+        seeds=[0, 1],
+    )
+    attacks = {run.name: run.attacks for run in load_study(grid).runs}
+    study_lists = {"best": ("clean", "fgsm"), "last": ()}
+    assert attacks["at/seed0"] == attacks["at/seed1"] == attacks["mixed/seed0"] == study_lists
+    assert attacks["cheap/seed0"] == attacks["cheap/seed1"] == {"best": ("clean",), "last": ("fgsm",)}
+    assert attacks["mixed/seed1"] == {"best": ("clean", "pgd"), "last": ()}
+    code, stdout, stderr = run_cli(["study", str(grid), "--dry-run", "--seeds", "1"])
+    assert code == 0, stderr
+    tasks = [line.split()[:2] for line in stdout.splitlines() if line.startswith(("train", "eval"))]
+    assert ["eval-last", "cheap/seed1"] in tasks and ["eval-last", "at/seed1"] not in tasks  # at has no last list
+    study = load_study(grid)
+    mixed = next(run for run in study.runs if run.name == "mixed/seed1")
+    command = commands(Task("eval-best", mixed, []), study)
+    assert command[command.index("--attack") :] == ["--attack", "clean", "--attack", "pgd"]
+    mixed.directory.mkdir(parents=True)  # an eval JSON with the study's list does not count for this run's
+    (mixed.directory / "eval-best.json").write_text(
+        json.dumps({"accuracy": {"clean": 0.9, "fgsm": 0.5}, "model": "model", "seed": 0, "n_examples": 60})
+    )
+    assert not evaluation_done(mixed, "best", study.evaluation)
+    (mixed.directory / "eval-best.json").write_text(
+        json.dumps({"accuracy": {"clean": 0.9, "pgd": 0.4}, "model": "model", "seed": 0, "n_examples": 60})
+    )
+    assert evaluation_done(mixed, "best", study.evaluation)
 
 
 def test_a_selection_runs_part_of_the_grid_with_the_teachers_it_needs(tmp_path, run_cli):

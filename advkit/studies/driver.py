@@ -73,7 +73,7 @@ def evaluation_done(run: StudyRun, checkpoint: str, evaluation: Evaluation) -> b
         return False
     wanted_model = "weight-averaged" if run.config.select == "wa" else "model"
     return (
-        list(report.get("accuracy", {})) == list(dict.fromkeys(evaluation.attacks[checkpoint]))
+        list(report.get("accuracy", {})) == list(dict.fromkeys(run.attacks[checkpoint]))
         and report.get("model") == wanted_model
         and report.get("seed") == evaluation.seed
         and 0 < report.get("n_examples", 0) <= evaluation.n_examples
@@ -175,7 +175,7 @@ def commands(task: Task, study: Study) -> list[str]:
         str(eval_path(run, checkpoint)),
         "--quiet",
     ]
-    for attack in evaluation.attacks[checkpoint]:
+    for attack in run.attacks[checkpoint]:
         command += ["--attack", attack]
     return command + (["--wa"] if run.config.select == "wa" else [])
 
@@ -217,7 +217,7 @@ def plan(study: Study, selection: Selection | None = None) -> list[Task]:
     for seed in seeds:
         for run in (item for item in study.runs if item.seed == seed):
             tasks.append(Task("train", run, [f"train {name}" for name in run.depends_on]))
-            for checkpoint, attacks in study.evaluation.attacks.items():
+            for checkpoint, attacks in run.attacks.items():
                 if attacks:
                     tasks.append(Task(f"eval-{checkpoint}", run, [f"train {run.name}"]))
     if selection is not None:

@@ -10,13 +10,16 @@ evaluate: {n_examples: 1000, best: [clean, autoattack], last: [clean, apgd-ce, a
 runs:
   at: {}
   at-adr: {rectifier: adr}
-  teacher: {model: resnet18, seeds: [0]}
+  teacher: {model: resnet18, seeds: [0], evaluate: {best: [clean, apgd-ce, apgd-t]}}
   ard: {objective: ard, teacher: "{out}/teacher/seed0"}
+  trades: {objective: trades, evaluate: {best: {1: [clean, apgd-ce, apgd-t]}}}
 ```
 
 A row holds train settings (those of ``advkit train``'s config files) and may set its own ``seeds``. A
 ``{out}`` in a setting's text is the study's output folder; a run whose teacher is another run of the
-study waits for that run to finish.
+study waits for that run to finish. A row's ``evaluate`` replaces the study's attack list of a
+checkpoint, for every seed of the row or (a mapping seed → list) for some: an expensive attack can run
+on one seed while the others get a cheaper one.
 """
 
 from __future__ import annotations
@@ -35,13 +38,15 @@ from ..errors import AdvkitError
 GRID_KEYS = ("out", "jobs", "threads", "seeds", "base", "evaluate", "runs")
 EVALUATE_KEYS = ("n_examples", "batch_size", "seed", "best", "last")
 CHECKPOINTS = ("best", "last")
+Attacks = dict[str, tuple[str, ...]]  # checkpoint ("best", "last") -> the attack specs it is evaluated with
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What ``advkit eval`` runs on each checkpoint of every run (an empty list: that checkpoint is skipped)."""
+    """What ``advkit eval`` runs on each checkpoint of every run (an empty list: that checkpoint is skipped),
+    unless a row gives its own lists; the examples and seed are the same for every run."""
 
-    attacks: dict[str, tuple[str, ...]]
+    attacks: Attacks
     n_examples: int = 1000
     batch_size: int = 500
     seed: int = 0
@@ -55,6 +60,7 @@ class StudyRun:
     seed: int
     directory: Path
     config: TrainConfig
+    attacks: Attacks = field(default_factory=dict)  # its evaluation: the study's attack lists, or its row's
     depends_on: list[str] = field(default_factory=list)
 
     @property
@@ -119,20 +125,40 @@ def mapping_of(source: Path, where: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def _attack_list(source: Path, where: str, listed: Any) -> tuple[str, ...]:
+    if not isinstance(listed, list) or not all(isinstance(item, str) and item.strip() for item in listed):
+        raise file_error(source, f"{where} must be a list of attack specs, e.g. [clean, autoattack]")
+    return tuple(listed)
+
+
 def _evaluation(source: Path, data: dict[str, Any]) -> Evaluation:
     check_keys(source, "evaluate", data, EVALUATE_KEYS)
-    attacks = {}
-    for checkpoint in CHECKPOINTS:
-        listed = data.get(checkpoint, [])
-        if not isinstance(listed, list) or not all(isinstance(item, str) and item.strip() for item in listed):
-            raise file_error(source, f"evaluate.{checkpoint} must be a list of attack specs, e.g. [clean, autoattack]")
-        attacks[checkpoint] = tuple(listed)
     return Evaluation(
-        attacks,
+        {
+            checkpoint: _attack_list(source, f"evaluate.{checkpoint}", data.get(checkpoint, []))
+            for checkpoint in CHECKPOINTS
+        },
         n_examples=_count(source, "evaluate.n_examples", data.get("n_examples", 1000), 1),
         batch_size=_count(source, "evaluate.batch_size", data.get("batch_size", 500), 1),
         seed=_count(source, "evaluate.seed", data.get("seed", 0), 0),
     )
+
+
+def _row_attacks(source: Path, row: str, data: dict[str, Any], seeds: list[int], study: Attacks) -> dict[int, Attacks]:
+    """Each seed's attack lists: the study's, replaced by the row's ``evaluate`` where it gives one (a list
+    for every seed, or a mapping from some of the row's seeds to lists)."""
+    where = f"run '{row}': evaluate"
+    check_keys(source, where, data, CHECKPOINTS)
+    by_seed = {seed: dict(study) for seed in seeds}
+    for checkpoint, given in data.items():
+        per_seed = given if isinstance(given, dict) else dict.fromkeys(seeds, given)
+        for seed, listed in per_seed.items():
+            if seed not in by_seed:
+                raise file_error(
+                    source, f"{where}.{checkpoint} names seed {seed!r}, not one of the row's seeds {seeds}"
+                )
+            by_seed[seed][checkpoint] = _attack_list(source, f"{where}.{checkpoint}", listed)
+    return by_seed
 
 
 def _substitute(value: Any, out: Path) -> Any:
@@ -174,6 +200,7 @@ def load_study(path: str | Path, out: str | Path | None = None, jobs: int | None
     if "seed" in base:
         raise file_error(source, "base sets 'seed'; list the seeds under 'seeds' instead")
     default_seeds = _seeds(source, "seeds", data.get("seeds", [0]))
+    evaluation = _evaluation(source, mapping_of(source, "evaluate", data.get("evaluate")))
     runs: list[StudyRun] = []
     for row, raw in rows.items():
         settings = dict(mapping_of(source, f"run '{row}'", raw))
@@ -182,9 +209,11 @@ def load_study(path: str | Path, out: str | Path | None = None, jobs: int | None
         if "seed" in settings:
             raise file_error(source, f"run '{row}' sets 'seed'; give it 'seeds: [...]' instead")
         seeds = _seeds(source, f"run '{row}': seeds", settings.pop("seeds")) if "seeds" in settings else default_seeds
+        row_evaluation = mapping_of(source, f"run '{row}': evaluate", settings.pop("evaluate", None))
+        attacks = _row_attacks(source, row, row_evaluation, seeds, evaluation.attacks)
         for seed in seeds:
             config = _run_settings(source, row, base, settings, seed, out_dir)
-            runs.append(StudyRun(row, seed, out_dir / row / f"seed{seed}", config))
+            runs.append(StudyRun(row, seed, out_dir / row / f"seed{seed}", config, attacks[seed]))
     by_directory = {run.directory.resolve(): run for run in runs}
     for run in runs:
         teacher = by_directory.get(Path(run.config.teacher).resolve()) if run.config.teacher else None
@@ -195,6 +224,6 @@ def load_study(path: str | Path, out: str | Path | None = None, jobs: int | None
         out_dir,
         jobs if jobs is not None else _count(source, "jobs", data.get("jobs", 1), 1),
         _count(source, "threads", data.get("threads", 1), 1),
-        _evaluation(source, mapping_of(source, "evaluate", data.get("evaluate"))),
+        evaluation,
         runs,
     )

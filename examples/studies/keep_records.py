@@ -36,7 +36,7 @@ def checkpoint_needed(run: StudyRun, which: str, study: Study) -> bool:
     """The grid still asks for this checkpoint's evaluation, or another run learns from this run's best.pt."""
     if which == "best" and any(run.name in other.depends_on for other in study.runs):
         return True
-    return bool(study.evaluation.attacks.get(which)) and not evaluation_done(run, which, study.evaluation)
+    return bool(run.attacks.get(which)) and not evaluation_done(run, which, study.evaluation)
 
 
 def slim_checkpoint(source: Path, target: Path, keep_averages: bool) -> None:
