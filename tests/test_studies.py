@@ -28,6 +28,7 @@ from advkit.studies.grid import load_study
 from advkit.studies.summary import (
     csv_table,
     group_runs,
+    headline_column,
     markdown_table,
     plot_summary,
     read_run,
@@ -216,6 +217,39 @@ def test_a_metric_that_only_some_seeds_have_says_how_many(tmp_path):
     assert row[header.index("test autoattack (best)")] == "50.0 (1 of 2)"
     (csv_row,) = csv.DictReader(io.StringIO(csv_table(summarize_runs([tmp_path]).groups)))
     assert (csv_row["n"], csv_row["test autoattack (best) n"], csv_row["val robust (best) n"]) == ("2", "1", "2")
+
+
+def test_seeds_scored_with_different_attacks_are_not_averaged_into_one_robust_cell(tmp_path):
+    make_run(
+        tmp_path / "at" / "seed0",
+        seed=0,
+        objective="at",
+        robust=[0.6],
+        eval_best=report(0.8, ("autoattack", 0.50)),
+        eval_last=report(0.8, ("apgd-ce", 0.50), ("apgd-t", 0.49)),
+    )
+    make_run(
+        tmp_path / "at" / "seed1",
+        seed=1,
+        objective="at",
+        robust=[0.7],
+        eval_best=report(0.8, ("apgd-ce", 0.58), ("apgd-t", 0.56)),
+        eval_last=report(0.8, ("apgd-ce", 0.52), ("apgd-t", 0.51)),
+    )
+    summary = summarize_runs([tmp_path])
+    table = markdown_table(summary.groups)
+    header = table.splitlines()[0].split(" | ")
+    row = next(line.split(" | ") for line in table.splitlines() if line.startswith("| at |"))
+    assert row[header.index("test robust (best)")] == "–"  # not (50 + 56) / 2 = 53.0, a mean of two attacks
+    assert row[header.index("test autoattack (best)")] == "50.0 (1 of 2)"
+    assert row[header.index("test apgd-t (best)")] == "56.0 (1 of 2)"
+    assert row[header.index("test robust (last)")] == "50.0 ± 1.4"  # the last checkpoints agree: averaged
+    assert row[header.index("test gap")] == "–"  # nor best minus last, where the best checkpoints mix attacks
+    assert summary.note() == (
+        "\nat: test robust (best) not averaged, its seeds were scored with different attacks "
+        "(the per-attack columns hold each)\n"
+    )
+    assert headline_column(summary.groups) == "val robust (best)"  # the plot falls back to validation
 
 
 def test_labels_fall_back_to_the_differing_settings(tmp_path):

@@ -43,6 +43,7 @@ class RunResult:
     config: dict[str, Any]
     values: dict[str, float]
     curve: list[tuple[int, float]]
+    attack_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # checkpoint -> the attacks it scored
 
     @property
     def finished(self) -> bool:
@@ -61,11 +62,17 @@ class Summary:
     unfinished: list[RunResult]
 
     def note(self) -> str:
-        """A line under the table naming what was not counted (empty when every run finished)."""
-        if not self.unfinished:
-            return ""
-        names = ", ".join(run.progress() for run in self.unfinished)
-        return f"\nNot counted, unfinished: {names}.\n"
+        """Lines under the table naming what was not counted (empty when every run finished and every group
+        scored its seeds alike)."""
+        lines = [
+            f"{group.label}: {', '.join(f'test robust ({checkpoint})' for checkpoint in mixed)} not averaged, its "
+            "seeds were scored with different attacks (the per-attack columns hold each)"
+            for group in self.groups
+            if (mixed := group.mixed_checkpoints())
+        ]
+        if self.unfinished:
+            lines.append(f"Not counted, unfinished: {', '.join(run.progress() for run in self.unfinished)}.")
+        return "".join(f"\n{line}\n" for line in lines)
 
 
 @dataclass
@@ -77,7 +84,21 @@ class Group:
     runs: list[RunResult] = field(default_factory=list)
 
     def column(self, name: str) -> list[float]:
+        """Every seed's value of a metric; none for a headline robust column (or the gap) whose checkpoint the
+        seeds scored with different attacks: a mean over AutoAttack and APGD would mean neither."""
+        mixed = self.mixed_checkpoints()
+        if any(name == f"test robust ({checkpoint})" for checkpoint in mixed) or (mixed and name == "test gap"):
+            return []
         return [run.values[name] for run in self.runs if name in run.values]
+
+    def mixed_checkpoints(self) -> list[str]:
+        """Checkpoints that the group's seeds were scored on with different sets of attacks."""
+        checkpoints = sorted({checkpoint for run in self.runs for checkpoint in run.attack_sets})
+        return [
+            checkpoint
+            for checkpoint in checkpoints
+            if len({run.attack_sets[checkpoint] for run in self.runs if checkpoint in run.attack_sets}) > 1
+        ]
 
 
 @dataclass(frozen=True)
@@ -127,12 +148,14 @@ def read_run(path: Path) -> RunResult:
         raise AdvkitError(f"{path / 'metrics.jsonl'} is empty: no epoch of this run finished")
     key, _ = validation_keys(config)
     values = validation_values(config, records)
+    attack_sets = {}
     for checkpoint, report in _eval_reports(path).items():
         values.update(_eval_values(checkpoint, report))
+        attack_sets[checkpoint] = tuple(attack for attack in report["accuracy"] if attack != "clean")
     headline = {checkpoint: values.get(f"test robust ({checkpoint})") for checkpoint in ("best", "last")}
     if headline["best"] is not None and headline["last"] is not None:
         values["test gap"] = headline["best"] - headline["last"]
-    return RunResult(path, config, values, [(record["epoch"], record[key]) for record in records])
+    return RunResult(path, config, values, [(record["epoch"], record[key]) for record in records], attack_sets)
 
 
 def validation_values(config: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, float]:
